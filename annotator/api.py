@@ -1,0 +1,107 @@
+"""``auto_annotate``: the drop-in replacement for ``ultralytics.data.annotator.auto_annotate``.
+
+Example:
+    >>> from annotator import auto_annotate
+    >>> summary = auto_annotate("datasets/street/images", det_model="yolo11x.pt", sam_model="sam2_b.pt",
+    ...                         format="both")  # doctest: +SKIP
+    >>> summary.labels_dir, summary.coco_json, summary.annotated  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from annotator.config import AnnotateConfig, make_config
+from annotator.errors import ConfigError
+from annotator.models import resolve_models
+from annotator.summary import RunSummary
+
+#: engine name -> "module:function" of the runner. Runners live in ``pipelines/`` and are imported only
+#: when chosen, so the library never depends on the orchestration code (nor on Ray unless asked).
+ENGINES: dict[str, str] = {
+    "local": "pipelines.local:run_local",
+    "ray": "pipelines.ray_images:run_ray",
+}
+
+
+def auto_annotate(
+    data: str | Path,
+    det_model: str = "yolo11x.pt",
+    sam_model: str = "sam2_b.pt",
+    device: str = "",
+    conf: float = 0.25,
+    iou: float = 0.45,
+    imgsz: int = 640,
+    max_det: int = 300,
+    classes: list[int] | None = None,
+    output_dir: str | Path | None = None,
+    *,
+    format: str = "yolo",
+    **options: Any,
+) -> RunSummary:
+    """Detect objects with YOLO, segment each box with SAM / SAM 2, write YOLO-seg labels and/or COCO JSON.
+
+    The leading parameters are those of Ultralytics' ``auto_annotate``, in the same order and meaning.
+
+    Args:
+        data: folder of images (searched recursively; sub-folders are mirrored in the output), one image,
+            or a ``.txt`` file listing images.
+        det_model: YOLO detector name or path (``-seg`` models are used as detectors).
+        sam_model: ``sam_b/l/h``, ``mobile_sam``, ``sam2_t/s/b/l``, ``sam2.1_t/s/b/l`` (``.pt``), name or path.
+        device: ``""`` (auto), ``"cpu"``, ``"0"``, ``"cuda:1"``...
+        conf, iou, imgsz, max_det, classes: detector settings, as in Ultralytics.
+        output_dir: default: ``labels/`` beside an ``images/`` folder, else ``<data>_auto_annotate_labels``.
+        format: ``"yolo"``, ``"coco"`` or ``"both"``.
+        **options: any other field of :class:`annotator.config.AnnotateConfig` (``save_conf``, ``multipart``,
+            ``coco_segmentation``, ``simplify_tolerance_px``, ``weights_dir``, ``engine``, ``batch_size``...).
+
+    Returns:
+        :class:`~annotator.summary.RunSummary` with counts, ``labels_dir``, ``data_yaml``, ``coco_json`` and
+        seconds per stage.
+
+    Raises:
+        ConfigError: a setting is invalid (one line saying what is allowed).
+        WeightsNotFoundError: a weight file is missing and can not be fetched (before any work).
+    """
+    cfg = make_config(
+        data=data,
+        det_model=det_model,
+        sam_model=sam_model,
+        device=device,
+        conf=conf,
+        iou=iou,
+        imgsz=imgsz,
+        max_det=max_det,
+        classes=classes,
+        output_dir=output_dir,
+        format=format,
+        **options,
+    )
+    return run(cfg)
+
+
+def run(cfg: AnnotateConfig, *, on_result: Callable | None = None, engine_options: dict | None = None) -> RunSummary:
+    """Run a validated config: resolve weights, scan inputs, hand them to the chosen engine."""
+    from annotator.sources import scan_sources
+
+    t0 = time.perf_counter()
+    models = resolve_models(cfg.det_model, cfg.sam_model, weights_dir=cfg.weights_dir)
+    try:
+        scan = scan_sources(cfg.data)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    runner = _engine(cfg.engine)
+    summary: RunSummary = runner(cfg, models, scan, on_result=on_result, **(engine_options or {}))
+    summary.elapsed_s = time.perf_counter() - t0
+    return summary
+
+
+def _engine(name: str) -> Callable:
+    target = ENGINES.get(name)
+    if target is None:
+        raise ConfigError(f"engine {name!r} is not known; choose one of {', '.join(ENGINES)}")
+    module, func = target.split(":")
+    return getattr(importlib.import_module(module), func)

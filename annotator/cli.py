@@ -1,0 +1,141 @@
+"""The ``annotator`` command.
+
+    annotator annotate DATA [--det-model M] [--sam-model M] [--conf C] [--iou I] [--imgsz N] [--max-det N]
+                            [--classes 0 2 ...] [--device D] [--output-dir DIR] [--format yolo|coco|both]
+                            [--config configs/NAME.yaml] [--json] [...]
+
+Settings come from, lowest to highest priority: defaults, ``--config`` file, command-line flags.
+
+Exit codes (for schedulers):
+    0  every input went through (annotated or empty);
+    1  some inputs failed (more than ``--max-failures``, default 0); the outputs of the others are written;
+    2  the run was unusable: bad argument or config, missing weights, no images (one line on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+EXIT_OK = 0
+EXIT_SOME_FAILED = 1
+EXIT_UNUSABLE = 2
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse, but a bad argument is one line (what is wrong + where to look), exit 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_UNUSABLE, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def _add_annotate_args(p: argparse.ArgumentParser) -> None:
+    S = argparse.SUPPRESS  # only flags actually given override the config file
+    p.add_argument("data", nargs="?", default=S, help="folder of images (recursive), an image, or a .txt list")
+    p.add_argument("--config", default=None, help="YAML file of settings (see configs/); flags override it")
+    m = p.add_argument_group("models")
+    m.add_argument("--det-model", dest="det_model", default=S, help="YOLO detector name or path (default yolo11x.pt)")
+    m.add_argument("--sam-model", dest="sam_model", default=S, help="SAM/SAM 2 name or path (default sam2_b.pt)")
+    m.add_argument("--weights-dir", dest="weights_dir", default=S, help="folder with weight files ($ANNOTATOR_WEIGHTS_DIR)")
+    m.add_argument("--device", default=S, help="'' auto, cpu, 0, cuda:1 ...")
+    d = p.add_argument_group("detector")
+    d.add_argument("--conf", type=float, default=S, help="confidence threshold in [0, 1] (default 0.25)")
+    d.add_argument("--iou", type=float, default=S, help="NMS IoU threshold in [0, 1] (default 0.45)")
+    d.add_argument("--imgsz", type=int, default=S, help="input size, a multiple of 32 (default 640)")
+    d.add_argument("--max-det", dest="max_det", type=int, default=S, help="max detections per image (default 300)")
+    d.add_argument("--classes", type=int, nargs="+", default=S, help="keep only these class ids, e.g. --classes 0 2")
+    d.add_argument("--sam-min-score", dest="sam_min_score", type=float, default=S, help="drop masks with SAM score <= this (0.25)")
+    o = p.add_argument_group("output")
+    o.add_argument("--output-dir", dest="output_dir", default=S, help="default: labels/ beside images/, else <data>_auto_annotate_labels")
+    o.add_argument("--format", choices=["yolo", "coco", "both"], default=S, help="default yolo")
+    o.add_argument("--coco-segmentation", dest="coco_segmentation", choices=["polygon", "rle"], default=S)
+    o.add_argument("--save-conf", dest="save_conf", action="store_true", default=S, help="append detector conf to YOLO rows")
+    o.add_argument("--multipart", choices=["join", "largest"], default=S, help="several-part masks in YOLO rows")
+    o.add_argument("--simplify-tolerance-px", dest="simplify_tolerance_px", type=float, default=S)
+    o.add_argument("--min-area-px", dest="min_area_px", type=float, default=S)
+    o.add_argument("--compat", choices=["none", "ultralytics"], default=S, help="ultralytics: polygons exactly as masks.xyn")
+    r = p.add_argument_group("run")
+    r.add_argument("--engine", choices=["local", "ray"], default=S)
+    r.add_argument("--batch-size", dest="batch_size", type=int, default=S)
+    r.add_argument("--workers", type=int, default=S, help="decode/write threads (local engine)")
+    r.add_argument("--max-pixels", dest="max_pixels", type=int, default=S)
+    r.add_argument("--max-failures", dest="max_failures", type=int, default=0, help="failed images tolerated before exit 1")
+    r.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _OneLineParser(prog="annotator", description="YOLO boxes -> SAM 2 masks -> YOLO-seg labels / COCO JSON")
+    sub = parser.add_subparsers(dest="command", parser_class=_OneLineParser)
+    ann = sub.add_parser("annotate", help="annotate a folder of images")
+    _add_annotate_args(ann)
+    return parser
+
+
+def _settings(ns: argparse.Namespace) -> dict[str, Any]:
+    from annotator.config import load_config_file
+
+    settings: dict[str, Any] = load_config_file(ns.config) if ns.config else {}
+    cli_only = {"config", "json", "quiet", "max_failures", "command"}
+    settings.update({k: v for k, v in vars(ns).items() if k not in cli_only})
+    return settings
+
+
+def cmd_annotate(ns: argparse.Namespace) -> int:
+    from annotator.api import run
+    from annotator.config import make_config
+    from annotator.errors import AnnotatorError
+
+    try:
+        settings = _settings(ns)
+        if "data" not in settings:
+            raise AnnotatorError("no input: pass DATA (a folder of images) or set 'data' in the --config file")
+        settings.setdefault("progress", not ns.quiet and sys.stderr.isatty())
+        cfg = make_config(**settings)
+        summary = run(cfg)
+    except AnnotatorError as e:
+        print(f"annotator: error: {e}", file=sys.stderr)
+        return EXIT_UNUSABLE
+    if ns.json:
+        print(json.dumps(summary.to_dict(), indent=2, default=str))
+    else:
+        _print_summary(summary)
+    print(summary.one_line(), file=sys.stderr if ns.json else sys.stdout)
+    return EXIT_SOME_FAILED if summary.failed > ns.max_failures else EXIT_OK
+
+
+def _print_summary(s) -> None:
+    print(f"output: {s.output_dir}")
+    if s.data_yaml:
+        print(f"  YOLO labels: {s.labels_dir}  (data.yaml: {s.data_yaml})")
+    if s.coco_json:
+        print(f"  COCO JSON:   {s.coco_json}")
+    if s.instances_per_class:
+        per = ", ".join(f"{k}: {v}" for k, v in sorted(s.instances_per_class.items()))
+        print(f"instances per class: {per}")
+    stages = ", ".join(f"{k} {v:.2f}s" for k, v in s.seconds_per_stage.items())
+    print(f"seconds per stage: {stages}")
+    for f in s.failures[:20]:
+        print(f"  failed: {f['path']}: {f['status']}: {f['reason']}")
+    if len(s.failures) > 20:
+        print(f"  ... and {len(s.failures) - 20} more failures (see --json)")
+    for p in s.label_collisions:
+        print(f"  label collision (no YOLO label written, COCO kept): {p}")
+    for r in s.refused:
+        print(f"  refused: {r['path']}: {r['reason']}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    if ns.command == "annotate":
+        return cmd_annotate(ns)
+    parser.print_help()
+    return EXIT_UNUSABLE
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

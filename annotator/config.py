@@ -1,0 +1,221 @@
+"""Validated settings for one annotation run.
+
+Every option of :func:`annotator.auto_annotate`, of ``annotator annotate`` and of a ``configs/*.yaml`` file is
+a field of :class:`AnnotateConfig`. Unknown keys are refused (``extra="forbid"``), so a typo fails loudly, and
+every error is reported as one line naming the field, the value and what is allowed.
+
+Example:
+    >>> cfg = AnnotateConfig(data="sample_data/shapes/images", conf=0.3)  # doctest: +SKIP
+    >>> cfg.output_dir.name  # doctest: +SKIP
+    'labels'
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from annotator.errors import ConfigError
+
+Format = Literal["yolo", "coco", "both"]
+
+#: Environment variable naming a folder searched for weight files (after an explicit path).
+WEIGHTS_DIR_ENV = "ANNOTATOR_WEIGHTS_DIR"
+
+
+class AnnotateConfig(BaseModel):
+    """All settings of a run. Field names are the API keyword names, the YAML keys and the CLI flags.
+
+    Paths are made absolute. ``output_dir`` is filled with the default when not given:
+    the sibling ``labels/`` folder when ``data`` is a folder named ``images`` (so the tree trains as is),
+    else ``<data>_auto_annotate_labels`` beside ``data`` (as Ultralytics does).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+    # -- the leading parameters of ultralytics.data.annotator.auto_annotate, same meaning --------------
+    data: Path = Field(description="folder of images (searched recursively), one image, or a .txt list")
+    det_model: str = Field("yolo11x.pt", description="Ultralytics YOLO detector: name or path")
+    sam_model: str = Field("sam2_b.pt", description="SAM / SAM 2 / MobileSAM weights: name or path")
+    device: str = Field("", description="'' (auto), 'cpu', 'cuda', '0', 'cuda:1', 'mps'")
+    conf: float = Field(0.25, ge=0.0, le=1.0, description="detector confidence threshold")
+    iou: float = Field(0.45, ge=0.0, le=1.0, description="detector NMS IoU threshold")
+    imgsz: int = Field(640, description="detector input size in pixels, a positive multiple of 32")
+    max_det: int = Field(300, ge=1, description="maximum detections per image")
+    classes: list[int] | None = Field(None, description="keep only these detector class ids")
+    output_dir: Path | None = Field(None, description="where labels/ and the COCO JSON go")
+
+    # -- outputs --------------------------------------------------------------------------------------
+    format: Format = Field("yolo", description="yolo (labels/*.txt + data.yaml), coco (one JSON) or both")
+    coco_filename: str = Field("annotations.json", description="file name of the COCO JSON in output_dir")
+    coco_segmentation: Literal["polygon", "rle"] = Field(
+        "polygon", description="COCO segmentation as polygons, or RLE (exact mask, keeps holes)"
+    )
+    save_conf: bool = Field(False, description="append the detector confidence to each YOLO row")
+    multipart: Literal["join", "largest"] = Field(
+        "join", description="a mask in several parts: join them into one YOLO row as Ultralytics does, or keep the largest"
+    )
+
+    # -- polygons ---------------------------------------------------------------------------------------
+    simplify_tolerance_px: float = Field(1.0, ge=0.0, description="Douglas-Peucker tolerance in pixels (0: off)")
+    min_area_px: float = Field(4.0, ge=0.0, description="drop mask parts smaller than this many pixels")
+    compat: Literal["none", "ultralytics"] = Field(
+        "none",
+        description="'ultralytics': polygons exactly as Ultralytics' masks.xyn (no simplification), for comparisons",
+    )
+
+    # -- segmenter --------------------------------------------------------------------------------------
+    sam_min_score: float = Field(
+        0.25, ge=0.0, le=1.0, description="drop masks whose SAM score is not above this (Ultralytics SAM's conf)"
+    )
+
+    # -- models and execution -------------------------------------------------------------------------------
+    weights_dir: Path | None = Field(None, description=f"folder searched for weight files (env {WEIGHTS_DIR_ENV})")
+    batch_size: int = Field(8, ge=1, le=1024, description="images per detector / image-encoder batch")
+    half: bool = Field(True, description="bf16/fp16 autocast on GPU (ignored on CPU)")
+    engine: Literal["local", "ray"] = Field("local", description="in-process runner or Ray Data pipeline")
+    workers: int = Field(2, ge=1, le=64, description="threads for decoding, polygons and writing (local engine)")
+    max_pixels: int = Field(
+        178_956_970, ge=1, description="refuse images with more pixels than this, from the header, before decoding"
+    )
+    min_side_px: int = Field(2, ge=1, description="refuse images with a side shorter than this")
+    progress: bool = Field(False, description="show a progress bar")
+
+    @field_validator("imgsz")
+    @classmethod
+    def _imgsz_multiple_of_32(cls, v: int) -> int:
+        if v <= 0 or v % 32:
+            raise ValueError(f"must be a positive multiple of 32 (e.g. 320, 640, 1024), got {v}")
+        return v
+
+    @field_validator("classes")
+    @classmethod
+    def _classes_non_negative(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None:
+            if not v:
+                raise ValueError("must list at least one class id, or be omitted to keep all classes")
+            if any(c < 0 for c in v):
+                raise ValueError(f"class ids must be >= 0, got {v}")
+        return v
+
+    @field_validator("det_model", "sam_model")
+    @classmethod
+    def _model_not_empty(cls, v: str) -> str:
+        v = str(v).strip()
+        if not v:
+            raise ValueError("must name a weight file, e.g. 'yolo11x.pt' or 'path/to/best.pt'")
+        return v
+
+    @field_validator("coco_filename")
+    @classmethod
+    def _plain_json_name(cls, v: str) -> str:
+        if Path(v).name != v or not v.endswith(".json"):
+            raise ValueError(f"must be a plain file name ending in .json, got {v!r}")
+        return v
+
+    @field_validator("data")
+    @classmethod
+    def _data_exists(cls, v: Path) -> Path:
+        p = Path(os.path.expanduser(str(v))).absolute()
+        if not p.exists():
+            raise ValueError(f"{p} does not exist: pass a folder of images, an image, or a .txt list of images")
+        return p
+
+    @model_validator(mode="after")
+    def _resolve_paths(self) -> AnnotateConfig:
+        out = self.output_dir
+        if out is None:
+            out = default_output_dir(self.data)
+        out = Path(os.path.expanduser(str(out))).absolute()
+        data_dir = self.data if self.data.is_dir() else self.data.parent
+        if out == Path(out.anchor):
+            raise ValueError(f"output_dir must not be a file-system root ({out})")
+        if self.data.is_dir() and (out == data_dir or data_dir in out.parents):
+            raise ValueError(f"output_dir {out} is inside the input folder {data_dir}: choose a folder outside it")
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"output_dir {out} exists and is not a folder")
+        object.__setattr__(self, "output_dir", out)
+        wd = self.weights_dir if self.weights_dir is not None else os.environ.get(WEIGHTS_DIR_ENV) or None
+        object.__setattr__(self, "weights_dir", Path(wd).expanduser().absolute() if wd else None)
+        return self
+
+    # -- derived ------------------------------------------------------------------------------------------
+    @property
+    def writes_yolo(self) -> bool:
+        return self.format in ("yolo", "both")
+
+    @property
+    def writes_coco(self) -> bool:
+        return self.format in ("coco", "both")
+
+
+def default_output_dir(data: Path) -> Path:
+    """Where labels go when ``output_dir`` is not given.
+
+    ``.../images`` (a folder named ``images``) -> ``.../labels``, the layout YOLO trains from;
+    anything else -> ``<data>_auto_annotate_labels`` beside it, as Ultralytics' ``auto_annotate`` does.
+
+    Example:
+        >>> default_output_dir(Path("/d/images")).as_posix()
+        '/d/labels'
+        >>> default_output_dir(Path("/d/photos")).as_posix()
+        '/d/photos_auto_annotate_labels'
+    """
+    data = Path(data)
+    if data.name == "images" and not data.suffix:
+        return data.parent / "labels"
+    return data.parent / f"{data.stem}_auto_annotate_labels"
+
+
+def make_config(**kwargs: Any) -> AnnotateConfig:
+    """Build an :class:`AnnotateConfig`, turning pydantic's report into one :class:`ConfigError` line."""
+    try:
+        return AnnotateConfig(**kwargs)
+    except ValidationError as e:
+        raise ConfigError(describe_validation_error(e)) from None
+
+
+def describe_validation_error(e: ValidationError) -> str:
+    """One line per problem, joined with '; ': ``field: what is wrong (got value)``."""
+    fields = list(AnnotateConfig.model_fields)
+    parts = []
+    for err in e.errors():
+        loc = ".".join(str(x) for x in err["loc"]) or "config"
+        if err["type"] == "extra_forbidden":
+            close = difflib.get_close_matches(loc, fields, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else f" (allowed: {', '.join(fields)})"
+            parts.append(f"unknown setting {loc!r}{hint}")
+            continue
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "literal_error":
+            msg = msg.replace("Input should be", "must be")
+        value = err.get("input")
+        shown = "" if isinstance(value, dict) or value is None else f" (got {value!r})"
+        if "got" in msg:
+            shown = ""
+        parts.append(f"{loc}: {msg}{shown}")
+    return "; ".join(parts)
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config file into a dict of settings (validated later by :func:`make_config`).
+
+    Relative paths inside the file (``data``, ``output_dir``, ``weights_dir``) are taken relative to the
+    current directory, as on the command line.
+    """
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} not found (ready-made ones are in the configs/ folder)")
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {p} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {p} must hold a mapping of setting: value, got {type(raw).__name__}")
+    return raw

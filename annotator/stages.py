@@ -1,0 +1,150 @@
+"""The model stages bundled for a runner, and the per-batch work every runner shares.
+
+A runner (``pipelines/local.py`` in-process, ``pipelines/ray_images.py`` on Ray) decides *where* and *how
+many*; this module decides *what*: decode -> detect -> segment -> polygonize for a batch of inputs, with
+per-image failures turned into :class:`~annotator.records.ImageResult` statuses instead of exceptions.
+
+Example:
+    >>> stages = Stages.build(cfg, models)  # doctest: +SKIP
+    >>> results = stages.process([load_or_error(item, cfg) for item in items])  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+from annotator.config import AnnotateConfig
+from annotator.detect import Detector
+from annotator.models import ResolvedModels
+from annotator.polygons import Polygonizer
+from annotator.records import DecodedImage, ImageResult, ImageStatus, Instance, SourceItem
+from annotator.segment import Segmenter
+from annotator.sources import ImageDecodeError, decode_image_bytes, read_image_bytes
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}"[:500]
+
+
+def decode_or_error(item: SourceItem, cfg: AnnotateConfig, data: bytes | None = None) -> DecodedImage | ImageResult:
+    """Read and decode one input; a bad file becomes an :class:`ImageResult` with its status and reason."""
+    t0 = time.perf_counter()
+    try:
+        raw = read_image_bytes(item) if data is None else data
+        return decode_image_bytes(raw, item, max_pixels=cfg.max_pixels, min_side_px=cfg.min_side_px)
+    except ImageDecodeError as e:
+        return ImageResult(item, e.status, reason=e.reason, seconds={"decode": time.perf_counter() - t0})
+    except OSError as e:
+        return ImageResult(item, ImageStatus.DECODE_ERROR, reason=f"unreadable: {_one_line(e)}")
+    except Exception as e:  # a decoder bug on one hostile file must not stop the run
+        return ImageResult(item, ImageStatus.FAILED, reason=f"decode: {_one_line(e)}")
+
+
+@dataclass
+class Stages:
+    """Detector, segmenter and polygonizer, each loaded once."""
+
+    detector: Detector
+    segmenter: Segmenter
+    polygonizer: Polygonizer
+
+    @classmethod
+    def build(cls, cfg: AnnotateConfig, models: ResolvedModels) -> Stages:
+        compat = cfg.compat == "ultralytics"
+        detector = Detector(
+            models.det_path,
+            conf=cfg.conf,
+            iou=cfg.iou,
+            imgsz=cfg.imgsz,
+            max_det=cfg.max_det,
+            classes=cfg.classes,
+            device=cfg.device,
+            half=cfg.half,
+        )
+        segmenter = Segmenter(
+            models.sam_path,
+            models.sam_name,
+            models.sam_family,
+            device=cfg.device,
+            half=cfg.half and not compat,
+            min_score=cfg.sam_min_score,
+            mask_upsample="full" if compat else "crop",
+        )
+        polygonizer = Polygonizer(
+            tolerance_px=cfg.simplify_tolerance_px,
+            min_area_px=cfg.min_area_px,
+            multipart="largest" if cfg.multipart == "largest" else "all",
+            with_rle=cfg.writes_coco and cfg.coco_segmentation == "rle",
+            compat="ultralytics" if compat else "none",
+        )
+        return cls(detector, segmenter, polygonizer)
+
+    @property
+    def names(self) -> dict[int, str]:
+        return self.detector.names
+
+    def process(self, inputs: Sequence[DecodedImage | ImageResult]) -> list[ImageResult]:
+        """Models and polygons for a batch: :meth:`infer` then :meth:`polygonize` for each image."""
+        return [self.polygonize(x) for x in self.infer(inputs)]
+
+    def infer(self, inputs: Sequence[DecodedImage | ImageResult]) -> list[InferredImage | ImageResult]:
+        """Run detector and segmenter on the decoded images of a batch; pass already-failed inputs through.
+
+        When the batch fails as a whole, each image is retried alone so that only the culprit is marked
+        ``failed``; the others keep their results.
+        """
+        decoded = [x for x in inputs if isinstance(x, DecodedImage)]
+        done: dict[int, InferredImage | ImageResult] = {}
+        if decoded:
+            try:
+                for d, r in zip(decoded, self._models(decoded)):
+                    done[id(d)] = r
+            except Exception:
+                for d in decoded:
+                    try:
+                        done[id(d)] = self._models([d])[0]
+                    except Exception as e:
+                        done[id(d)] = ImageResult(d.item, ImageStatus.FAILED, d.image_hw, reason=_one_line(e))
+        return [done[id(x)] if isinstance(x, DecodedImage) else x for x in inputs]
+
+    def polygonize(self, x: InferredImage | ImageResult) -> ImageResult:
+        """Masks -> polygons for one image (failed inputs pass through)."""
+        if isinstance(x, ImageResult):
+            return x
+        t0 = time.perf_counter()
+        try:
+            polys = self.polygonizer(x.instances)
+        except Exception as e:
+            return ImageResult(x.item, ImageStatus.FAILED, x.image_hw, reason=f"polygonize: {_one_line(e)}")
+        secs = {**x.seconds, "polygonize": time.perf_counter() - t0}
+        status = ImageStatus.OK if polys else ImageStatus.EMPTY
+        return ImageResult(x.item, status, x.image_hw, tuple(polys), seconds=secs)
+
+    def _models(self, decoded: Sequence[DecodedImage]) -> list[InferredImage]:
+        images = [d.image_bgr for d in decoded]
+        n = len(images)
+        t0 = time.perf_counter()
+        dets = self.detector(images)
+        t1 = time.perf_counter()
+        insts = self.segmenter(images, dets)
+        t2 = time.perf_counter()
+        secs = {"detect": (t1 - t0) / n, "segment": (t2 - t1) / n}
+        return [InferredImage(d.item, d.image_hw, i, dict(secs)) for d, i in zip(decoded, insts)]
+
+
+@dataclass(frozen=True)
+class InferredImage:
+    """An image after the models: its instances (masks) before polygonization."""
+
+    item: SourceItem
+    image_hw: tuple[int, int]
+    instances: list[Instance]
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def with_seconds(result: ImageResult, **seconds: float) -> ImageResult:
+    """A copy of ``result`` with stage seconds added."""
+    return replace(result, seconds={**result.seconds, **seconds})

@@ -1,0 +1,92 @@
+"""The summary a run returns (API), prints (CLI) and saves (``run_report.json``)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from annotator.records import ImageResult, ImageStatus
+
+_PROCESSED = (ImageStatus.OK, ImageStatus.EMPTY)
+
+
+@dataclass
+class RunSummary:
+    """Counts, output paths and timings of one run.
+
+    Attributes:
+        images_seen: inputs found (refused symlinks and the like are listed in ``refused``, not counted).
+        annotated: images with at least one instance written.
+        empty: images processed with no instance (an empty label file is written).
+        failed: images that could not be processed (any other status); see ``failures``.
+        instances_per_class: class name -> instances written.
+        status_counts: status value -> images.
+        output_dir, labels_dir, data_yaml, coco_json: what was written (None when not written).
+        seconds_per_stage: wall seconds summed over images per stage (decode, detect, segment, polygonize, write).
+        elapsed_s: wall seconds of the whole run, model loading included.
+        images_per_s: ``images_seen / processing seconds`` (model loading excluded).
+        failures: ``{"path", "status", "reason"}`` per failed image.
+        label_collisions: image paths whose YOLO label file would be shared with another image
+            (``a.jpg`` + ``a.png``); no label is written for them (COCO keeps them).
+        refused: ``{"path", "reason"}`` for inputs refused while scanning (e.g. a symlink leaving ``data``).
+    """
+
+    images_seen: int = 0
+    annotated: int = 0
+    empty: int = 0
+    failed: int = 0
+    instances_per_class: dict[str, int] = field(default_factory=dict)
+    status_counts: dict[str, int] = field(default_factory=dict)
+    output_dir: Path | None = None
+    labels_dir: Path | None = None
+    data_yaml: Path | None = None
+    coco_json: Path | None = None
+    seconds_per_stage: dict[str, float] = field(default_factory=dict)
+    elapsed_s: float = 0.0
+    processing_s: float = 0.0
+    images_per_s: float = 0.0
+    failures: list[dict] = field(default_factory=list)
+    label_collisions: list[str] = field(default_factory=list)
+    refused: list[dict] = field(default_factory=list)
+    engine: str = "local"
+
+    @property
+    def instances(self) -> int:
+        return sum(self.instances_per_class.values())
+
+    def add(self, result: ImageResult, names: dict[int, str]) -> None:
+        """Count one image's result."""
+        self.images_seen += 1
+        self.status_counts[result.status.value] = self.status_counts.get(result.status.value, 0) + 1
+        if result.status == ImageStatus.OK:
+            self.annotated += 1
+        elif result.status == ImageStatus.EMPTY:
+            self.empty += 1
+        else:
+            self.failed += 1
+            self.failures.append({"path": result.item.rel_path, "status": result.status.value, "reason": result.reason})
+        counts = Counter(names.get(i.class_id, str(i.class_id)) for i in result.instances)
+        for k, v in counts.items():
+            self.instances_per_class[k] = self.instances_per_class.get(k, 0) + v
+        for stage, s in result.seconds.items():
+            self.seconds_per_stage[stage] = self.seconds_per_stage.get(stage, 0.0) + s
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        for k, v in d.items():
+            if isinstance(v, Path):
+                d[k] = str(v)
+        d["instances"] = self.instances
+        d["seconds_per_stage"] = {k: round(v, 4) for k, v in self.seconds_per_stage.items()}
+        return d
+
+    def one_line(self) -> str:
+        """The last line a scheduler's log shows: counts and throughput."""
+        return (
+            f"{self.images_seen} images: {self.annotated} annotated, {self.empty} empty, {self.failed} failed; "
+            f"{self.instances} instances; {self.images_per_s:.2f} images/s"
+        )
+
+    def __str__(self) -> str:  # pragma: no cover - presentation
+        return self.one_line()
