@@ -61,7 +61,7 @@ class AnnotateConfig(BaseModel):
     )
 
     # -- polygons ---------------------------------------------------------------------------------------
-    simplify_tolerance_px: float = Field(1.0, ge=0.0, description="Douglas-Peucker tolerance in pixels (0: off)")
+    simplify_tolerance_px: float = Field(0.75, ge=0.0, description="Douglas-Peucker tolerance in pixels (0: off)")
     min_area_px: float = Field(4.0, ge=0.0, description="drop mask parts smaller than this many pixels")
     compat: Literal["none", "ultralytics"] = Field(
         "none",
