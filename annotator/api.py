@@ -84,19 +84,85 @@ def auto_annotate(
 
 
 def run(cfg: AnnotateConfig, *, on_result: Callable | None = None, engine_options: dict | None = None) -> RunSummary:
-    """Run a validated config: resolve weights, scan inputs, hand them to the chosen engine."""
+    """Run a validated config.
+
+    Order: resolve and verify the weight files (one-line error before any work), take the output folder's
+    lock, clean temp files a killed run left, scan the inputs, plan the work against the ledger (only new,
+    modified or re-configured inputs are processed), hand the work to the engine, write ``run_report.json``.
+    """
+    from annotator.ledger import Ledger
+    from annotator.lock import OutputLock
+    from annotator.output import remove_stale_temp_files
     from annotator.sources import scan_sources
+    from annotator.workplan import hash_weights, plan_work
 
     t0 = time.perf_counter()
     models = resolve_models(cfg.det_model, cfg.sam_model, weights_dir=cfg.weights_dir)
+    weight_hashes = hash_weights(models, cfg.weights_sha256)
     try:
         scan = scan_sources(cfg.data)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     runner = _engine(cfg.engine)
-    summary: RunSummary = runner(cfg, models, scan, on_result=on_result, **(engine_options or {}))
-    summary.elapsed_s = time.perf_counter() - t0
+    Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+    with OutputLock(cfg.output_dir):
+        remove_stale_temp_files(Path(cfg.output_dir))
+        ledger = Ledger(Path(cfg.output_dir))
+        try:
+            plan = plan_work(cfg, models, scan, ledger, weight_hashes)
+            if plan.items:
+                summary = runner(cfg, models, plan, on_result=on_result, **(engine_options or {}))
+            else:
+                summary = _nothing_to_process(cfg, models, plan)
+            summary.unchanged = plan.unchanged
+            summary.removed = 0 if cfg.keep_deleted else len(plan.deleted)
+            summary.elapsed_s = time.perf_counter() - t0
+            _write_report(cfg, models, plan, summary)
+        finally:
+            ledger.close()
     return summary
+
+
+def _nothing_to_process(cfg: AnnotateConfig, models, plan) -> RunSummary:
+    """A re-run with nothing new: reconcile outputs from the ledger without loading any model."""
+    from annotator.output import names_from_ledger, open_writer
+
+    names = names_from_ledger(plan)
+    if names is None:  # first run on an empty folder, or a new detector: its names are needed for data.yaml
+        from annotator.models import load_yolo
+
+        names = {int(k): str(v) for k, v in load_yolo(models.det_path).names.items()}
+    writer = open_writer(cfg, names, plan)
+    writer.close()
+    summary = RunSummary(engine=cfg.engine, output_dir=cfg.output_dir)
+    summary.refused = [{"path": p, "reason": r} for p, r in plan.refused]
+    summary.label_collisions = sorted(writer.collisions)
+    summary.labels_dir = cfg.output_dir if cfg.writes_yolo else None
+    summary.data_yaml = writer.data_yaml_path
+    summary.coco_json = writer.coco_path
+    return summary
+
+
+def _write_report(cfg: AnnotateConfig, models, plan, summary: RunSummary) -> None:
+    import json
+
+    from annotator.io_atomic import atomic_write_text
+
+    report = {
+        "settings": cfg.model_dump(mode="json"),
+        "models": {
+            "det_model": {"path": str(models.det_path), "sha256": plan.weight_hashes.get(str(models.det_path))},
+            "sam_model": {
+                "path": str(models.sam_path),
+                "sha256": plan.weight_hashes.get(str(models.sam_path)),
+                "architecture": models.sam_name,
+            },
+        },
+        "summary": summary.to_dict(),
+    }
+    path = Path(cfg.output_dir) / "run_report.json"
+    atomic_write_text(path, json.dumps(report, indent=2, default=str) + "\n")
+    summary.report_json = path
 
 
 def _engine(name: str) -> Callable:

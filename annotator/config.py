@@ -85,6 +85,13 @@ class AnnotateConfig(BaseModel):
     min_side_px: int = Field(2, ge=1, description="refuse images with a side shorter than this")
     progress: bool = Field(False, description="show a progress bar")
 
+    # -- scheduled jobs -----------------------------------------------------------------------------------
+    hash_inputs: bool = Field(False, description="decide 'modified' by content SHA-256 instead of size + mtime")
+    keep_deleted: bool = Field(False, description="keep the labels of inputs that were deleted since the last run")
+    weights_sha256: dict[str, str] = Field(
+        default_factory=dict, description="pin weight files: {file name or path: SHA-256 hex}; a mismatch stops the run"
+    )
+
     @field_validator("imgsz")
     @classmethod
     def _imgsz_multiple_of_32(cls, v: int) -> int:
@@ -101,6 +108,15 @@ class AnnotateConfig(BaseModel):
             if any(c < 0 for c in v):
                 raise ValueError(f"class ids must be >= 0, got {v}")
         return v
+
+    @field_validator("weights_sha256")
+    @classmethod
+    def _hex_digests(cls, v: dict[str, str]) -> dict[str, str]:
+        for name, digest in v.items():
+            d = str(digest).strip().lower()
+            if len(d) != 64 or any(c not in "0123456789abcdef" for c in d):
+                raise ValueError(f"{name}: a SHA-256 is 64 hex digits, got {digest!r}")
+        return {k: str(d).strip().lower() for k, d in v.items()}
 
     @field_validator("det_model", "sam_model")
     @classmethod

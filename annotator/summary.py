@@ -30,6 +30,9 @@ class RunSummary:
         label_collisions: image paths whose YOLO label file would be shared with another image
             (``a.jpg`` + ``a.png``); no label is written for them (COCO keeps them).
         refused: ``{"path", "reason"}`` for inputs refused while scanning (e.g. a symlink leaving ``data``).
+        unchanged: inputs skipped because the ledger holds a current result for them (incremental runs).
+        removed: inputs deleted since the last run whose labels were removed.
+        report_json: the ``run_report.json`` written beside the outputs.
     """
 
     images_seen: int = 0
@@ -50,6 +53,9 @@ class RunSummary:
     label_collisions: list[str] = field(default_factory=list)
     refused: list[dict] = field(default_factory=list)
     engine: str = "local"
+    unchanged: int = 0
+    removed: int = 0
+    report_json: Path | None = None
 
     @property
     def instances(self) -> int:
@@ -83,9 +89,11 @@ class RunSummary:
 
     def one_line(self) -> str:
         """The last line a scheduler's log shows: counts and throughput."""
+        extra = f", {self.unchanged} unchanged" if self.unchanged else ""
+        extra += f", {self.removed} removed" if self.removed else ""
         return (
-            f"{self.images_seen} images: {self.annotated} annotated, {self.empty} empty, {self.failed} failed; "
-            f"{self.instances} instances; {self.images_per_s:.2f} images/s"
+            f"{self.images_seen} images: {self.annotated} annotated, {self.empty} empty, {self.failed} failed"
+            f"{extra}; {self.instances} instances; {self.images_per_s:.2f} images/s"
         )
 
     def __str__(self) -> str:  # pragma: no cover - presentation

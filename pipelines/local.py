@@ -17,7 +17,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from annotator.config import AnnotateConfig
 from annotator.models import ResolvedModels
-from annotator.output import DatasetWriter
+from annotator.output import open_writer
 from annotator.records import DecodedImage, ImageResult, SourceItem
 from annotator.stages import Stages, decode_or_error, with_seconds
 from annotator.summary import RunSummary
@@ -47,7 +47,7 @@ def run_local(
     Args:
         cfg: validated settings.
         models: resolved weight files.
-        scan: :class:`annotator.sources.ScanResult` (items in deterministic order).
+        scan: :class:`annotator.workplan.WorkPlan`: ``items`` to process (in order), ledger, all inputs.
         on_result: called with each image's result, in input order (progress bars, ledgers).
         stages: already-built stages to reuse (benchmarks, tests); built from ``cfg`` when None.
     """
@@ -55,7 +55,7 @@ def run_local(
     summary = RunSummary(engine="local", output_dir=cfg.output_dir)
     summary.refused = [{"path": p, "reason": r} for p, r in scan.refused]
     stages = stages or Stages.build(cfg, models)
-    writer = DatasetWriter(cfg, stages.names, items)
+    writer = open_writer(cfg, stages.names, scan)
     summary.label_collisions = sorted(writer.collisions)
     bar = _progress(len(items)) if cfg.progress else None
 

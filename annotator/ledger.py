@@ -1,0 +1,247 @@
+"""The run ledger: one SQLite row per input, so re-runs do only new work and killed runs resume exactly.
+
+File: ``<output_dir>/.annotator/ledger.sqlite`` (WAL journal: a ``kill -9`` never corrupts it).
+
+Table ``items`` (one row per input, keyed by its POSIX path relative to ``data``):
+
+===============  ============================================================================
+rel_path         key, e.g. ``"sub/a.jpg"``
+size, mtime_ns   the file's size in bytes and modification time when it was processed
+sha256           content hash (only with ``hash_inputs``; then it decides "modified")
+model_fp         fingerprint of the model files and every setting that changes masks/polygons
+status           ``ok`` ``empty`` ``decode_error`` ``too_small`` ``too_large`` ``unsupported`` ``failed``
+reason           one line for a non-ok status
+instances        number of instances
+seconds          processing seconds of this image
+image_h, image_w decoded size (None when not decoded)
+result_json      the image's instances (class, confidences, polygons in pixels, area, bbox, RLE):
+                 every output format is rebuilt from it without running the models again
+updated_at       UNIX time of the last write
+===============  ============================================================================
+
+Table ``meta``: ``output_fp`` (fingerprint of the format settings the label files were last written with).
+
+A row is written *after* the image's label file was renamed into place, so a crash between the two only
+makes the next run redo that image (the same bytes again): every image is labelled exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from annotator.records import ImageResult, ImageStatus, PolygonInstance, SourceItem
+
+LEDGER_DIRNAME = ".annotator"
+LEDGER_FILENAME = "ledger.sqlite"
+
+#: statuses that a re-run retries even when neither the file nor the settings changed (transient errors)
+RETRIED_STATUSES = frozenset({ImageStatus.FAILED.value})
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS items (
+    rel_path TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    sha256 TEXT,
+    model_fp TEXT NOT NULL,
+    status TEXT NOT NULL,
+    reason TEXT NOT NULL DEFAULT '',
+    instances INTEGER NOT NULL DEFAULT 0,
+    seconds REAL NOT NULL DEFAULT 0,
+    image_h INTEGER,
+    image_w INTEGER,
+    result_json TEXT,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+@dataclass(frozen=True)
+class FileStat:
+    """What identifies the version of an input file."""
+
+    size: int
+    mtime_ns: int
+    sha256: str | None = None
+
+    @classmethod
+    def of(cls, path: Path, *, with_hash: bool = False) -> FileStat:
+        st = path.stat()
+        return cls(st.st_size, st.st_mtime_ns, sha256_file(path) if with_hash else None)
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's content."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class LedgerRow:
+    rel_path: str
+    size: int
+    mtime_ns: int
+    sha256: str | None
+    model_fp: str
+    status: str
+    reason: str
+    instances: int
+    seconds: float
+    image_h: int | None
+    image_w: int | None
+    result_json: str | None
+
+    @property
+    def image_hw(self) -> tuple[int, int] | None:
+        return (self.image_h, self.image_w) if self.image_h is not None and self.image_w is not None else None
+
+
+def instances_to_json(instances: Iterable[PolygonInstance]) -> str:
+    """Serialise polygonized instances losslessly (floats as shortest round-trip repr)."""
+    out = []
+    for i in instances:
+        out.append(
+            {
+                "c": int(i.class_id),
+                "dc": float(i.det_conf),
+                "ss": float(i.sam_score),
+                "p": [np.asarray(p, dtype=np.float64).reshape(-1).tolist() for p in i.polygons_xy_px],
+                "a": int(i.area_px),
+                "b": [float(v) for v in i.bbox_xywh_px],
+                "r": i.rle,
+            }
+        )
+    return json.dumps(out, separators=(",", ":"), allow_nan=False)
+
+
+def instances_from_json(text: str | None) -> tuple[PolygonInstance, ...]:
+    """Inverse of :func:`instances_to_json`."""
+    if not text:
+        return ()
+    return tuple(
+        PolygonInstance(
+            class_id=d["c"],
+            det_conf=d["dc"],
+            sam_score=d["ss"],
+            polygons_xy_px=[np.asarray(p, dtype=np.float64).reshape(-1, 2) for p in d["p"]],
+            area_px=d["a"],
+            bbox_xywh_px=tuple(d["b"]),
+            rle=d["r"],
+        )
+        for d in json.loads(text)
+    )
+
+
+class Ledger:
+    """SQLite-backed record of what was produced for each input.
+
+    Example:
+        >>> import tempfile
+        >>> led = Ledger(Path(tempfile.mkdtemp()))
+        >>> led.get("a.jpg") is None
+        True
+        >>> led.close()
+    """
+
+    def __init__(self, output_dir: Path) -> None:
+        self.dir = Path(output_dir) / LEDGER_DIRNAME
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.path = self.dir / LEDGER_FILENAME
+        try:
+            self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as e:
+            from annotator.errors import AnnotatorError
+
+            raise AnnotatorError(
+                f"ledger {self.path} is unreadable ({e}); move it away to start the output folder afresh"
+            ) from None
+
+    # -- reads ------------------------------------------------------------------------------------------------
+    def get(self, rel_path: str) -> LedgerRow | None:
+        cur = self.db.execute(
+            "SELECT rel_path, size, mtime_ns, sha256, model_fp, status, reason, instances, seconds, image_h, image_w,"
+            " result_json FROM items WHERE rel_path = ?",
+            (rel_path,),
+        )
+        row = cur.fetchone()
+        return LedgerRow(*row) if row else None
+
+    def rel_paths(self) -> Iterator[str]:
+        for (p,) in self.db.execute("SELECT rel_path FROM items ORDER BY rel_path"):
+            yield p
+
+    def meta(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    # -- writes (each commits at once) ----------------------------------------------------------------------------
+    def record(self, result: ImageResult, stat: FileStat, model_fp: str) -> None:
+        h, w = result.image_hw if result.image_hw else (None, None)
+        processed = result.status in (ImageStatus.OK, ImageStatus.EMPTY)
+        self.db.execute(
+            "INSERT OR REPLACE INTO items (rel_path, size, mtime_ns, sha256, model_fp, status, reason, instances,"
+            " seconds, image_h, image_w, result_json, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                result.item.rel_path,
+                stat.size,
+                stat.mtime_ns,
+                stat.sha256,
+                model_fp,
+                result.status.value,
+                result.reason,
+                len(result.instances),
+                float(sum(result.seconds.values())),
+                h,
+                w,
+                instances_to_json(result.instances) if processed else None,
+                time.time(),
+            ),
+        )
+
+    def forget(self, rel_paths: Iterable[str]) -> None:
+        self.db.executemany("DELETE FROM items WHERE rel_path = ?", [(p,) for p in rel_paths])
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    def close(self) -> None:
+        try:
+            self.db.close()
+        except sqlite3.Error:  # pragma: no cover
+            pass
+
+
+def is_current(row: LedgerRow | None, stat: FileStat, model_fp: str) -> bool:
+    """True when ``row`` was produced from this version of the file with these models and settings."""
+    if row is None or row.model_fp != model_fp or row.status in RETRIED_STATUSES:
+        return False
+    if stat.sha256 is not None and row.sha256 is not None:
+        return row.sha256 == stat.sha256
+    return row.size == stat.size and row.mtime_ns == stat.mtime_ns
+
+
+def stat_items(items: Iterable[SourceItem], *, with_hash: bool = False) -> dict[str, FileStat | None]:
+    """``rel_path -> FileStat`` (None for a file that vanished or can't be stat'ed)."""
+    out: dict[str, FileStat | None] = {}
+    for it in items:
+        try:
+            out[it.rel_path] = FileStat.of(it.path, with_hash=with_hash)
+        except OSError:
+            out[it.rel_path] = None
+    return out
