@@ -78,6 +78,9 @@ class AnnotateConfig(BaseModel):
     batch_size: int = Field(8, ge=1, le=1024, description="images per detector / image-encoder batch")
     half: bool = Field(True, description="bf16/fp16 autocast on GPU (ignored on CPU)")
     engine: Literal["local", "ray"] = Field("local", description="in-process runner or Ray Data pipeline")
+    torch_threads: int | None = Field(
+        None, ge=1, le=1024, description="CPU threads for the models (default: all usable cores)"
+    )
     workers: int = Field(2, ge=1, le=64, description="threads for decoding, polygons and writing (local engine)")
     max_pixels: int = Field(
         178_956_970, ge=1, description="refuse images with more pixels than this, from the header, before decoding"

@@ -11,6 +11,8 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -22,6 +24,33 @@ from annotator.polygons import Polygonizer
 from annotator.records import DecodedImage, ImageResult, ImageStatus, Instance, SourceItem
 from annotator.segment import Segmenter
 from annotator.sources import ImageDecodeError, decode_image_bytes, read_image_bytes
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (respects affinity masks and cgroup-pinned CPU sets)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """Run torch's CPU ops with ``n`` intra-op threads, then restore the previous setting.
+
+    Ultralytics sets ``OMP_NUM_THREADS`` to ``cores - 1`` when it is imported before torch (1 on a 2-core
+    machine), so without this the thread count, hence speed and float rounding, depends on import order.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    if before != n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
 
 
 def _one_line(e: BaseException) -> str:
@@ -50,6 +79,7 @@ class Stages:
     detector: Detector
     segmenter: Segmenter
     polygonizer: Polygonizer
+    threads: int = 1
 
     @classmethod
     def build(cls, cfg: AnnotateConfig, models: ResolvedModels) -> Stages:
@@ -80,7 +110,7 @@ class Stages:
             with_rle=cfg.writes_coco and cfg.coco_segmentation == "rle",
             compat="ultralytics" if compat else "none",
         )
-        return cls(detector, segmenter, polygonizer)
+        return cls(detector, segmenter, polygonizer, threads=cfg.torch_threads or usable_cores())
 
     @property
     def names(self) -> dict[int, str]:
@@ -126,11 +156,12 @@ class Stages:
     def _models(self, decoded: Sequence[DecodedImage]) -> list[InferredImage]:
         images = [d.image_bgr for d in decoded]
         n = len(images)
-        t0 = time.perf_counter()
-        dets = self.detector(images)
-        t1 = time.perf_counter()
-        insts = self.segmenter(images, dets)
-        t2 = time.perf_counter()
+        with torch_threads(self.threads):
+            t0 = time.perf_counter()
+            dets = self.detector(images)
+            t1 = time.perf_counter()
+            insts = self.segmenter(images, dets)
+            t2 = time.perf_counter()
         secs = {"detect": (t1 - t0) / n, "segment": (t2 - t1) / n}
         return [InferredImage(d.item, d.image_hw, i, dict(secs)) for d, i in zip(decoded, insts)]
 

@@ -47,7 +47,12 @@ def api_run(dataset, shapes_detector, sam2_t_ckpt):
 
 
 def _label_files(d: Path) -> dict[str, bytes]:
-    return {p.relative_to(d).as_posix(): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+    """Every output file but the run report (timings) and the ledger folder."""
+    return {
+        p.relative_to(d).as_posix(): p.read_bytes()
+        for p in sorted(d.rglob("*"))
+        if p.is_file() and ".annotator" not in p.parts and p.name != "run_report.json"
+    }
 
 
 def test_summary_counts_and_paths(api_run, dataset):
@@ -91,16 +96,16 @@ def test_yolo_labels_pass_ultralytics_checker(api_run, dataset):
     from ultralytics.data.utils import verify_image_label
 
     checked = 0
-    for label in (dataset / "labels").rglob("*.txt"):
+    for label in sorted((dataset / "labels").rglob("*.txt")):
         rel = label.relative_to(dataset / "labels").with_suffix("")
         image = next(p for p in (dataset / "images").glob(f"{rel}.*") if p.suffix in (".jpg", ".png"))
         nm, nf, ne, nc = 0, 0, 0, 0
         res = verify_image_label((str(image), str(label), "", False, len(SHAPE_NAMES), 0, 0, False))
         *_, nm, nf, ne, nc, msg = res
         assert nc == 0, msg  # nothing corrupt
-        assert nf + ne == 1
+        assert nf == 1 and nm == 0
         checked += 1
-    assert checked >= 5
+    assert checked == 4  # 0000, sub/0000, sub/0001, sub/plain (0001 collides, broken failed)
 
 
 def test_coco_loads_and_evaluates(api_run, dataset):
@@ -150,7 +155,13 @@ def test_cli_same_outputs_and_replaces_stale_files(api_run, dataset, shapes_dete
     coco_api, coco_cli = json.loads(ours.pop("annotations.json")), json.loads(cli.pop("annotations.json"))
     ours.pop("data.yaml"), cli.pop("data.yaml")
     assert cli == ours  # identical label files, stale content gone
-    assert coco_cli["annotations"] == coco_api["annotations"] and coco_cli["images"] == coco_api["images"]
+    assert coco_cli["images"] == coco_api["images"]
+    # same geometry; detector confidences may differ in the 7th digit between this pytest process and the
+    # CLI process (oneDNN picks kernels per process); the same command is byte-identical (tests/test_resume.py)
+    assert len(coco_cli["annotations"]) == len(coco_api["annotations"])
+    for a, b in zip(coco_cli["annotations"], coco_api["annotations"]):
+        assert {k: v for k, v in a.items() if k != "score"} == {k: v for k, v in b.items() if k != "score"}
+        assert a["score"] == pytest.approx(b["score"], abs=1e-5)
 
     # without --max-failures the broken file makes the exit code say "some inputs failed"
     p2 = subprocess.run(cmd[:-3] + ["--json"], capture_output=True, text=True, timeout=600)

@@ -1,0 +1,95 @@
+"""``kill -9`` a real ``annotator annotate`` process at several moments, run the same command again, and get
+exactly the outputs of an uninterrupted run: every image labelled once, no temp files, no duplicate ids."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.test_incremental import tree_bytes, write_images
+
+N_IMAGES = 4
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("resume") / "images"
+    write_images(d, list(range(10, 10 + N_IMAGES)))
+    return d
+
+
+def _cmd(images: Path, out: Path, det: Path, sam: Path, engine: str) -> list[str]:
+    return [
+        sys.executable, "-m", "annotator.cli", "annotate", str(images), "--det-model", str(det),
+        "--sam-model", str(sam), "--device", "cpu", "--output-dir", str(out), "--format", "both",
+        "--sam-min-score", "0", "--batch-size", "2", "--engine", engine, "--quiet",
+    ]  # fmt: skip
+
+
+def _labels_written(out: Path) -> int:
+    return sum(1 for p in out.rglob("*.txt") if not p.name.startswith("."))
+
+
+def _run_and_kill(cmd: list[str], out: Path, *, after_labels: int | None, after_s: float | None) -> bool:
+    """Start ``cmd``; SIGKILL it once ``after_labels`` label files exist or ``after_s`` seconds passed.
+    Returns True if it was killed (False if it finished first)."""
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    t0 = time.monotonic()
+    while p.poll() is None:
+        if (after_labels is not None and out.exists() and _labels_written(out) >= after_labels) or (
+            after_s is not None and time.monotonic() - t0 >= after_s
+        ):
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+            return True
+        time.sleep(0.05)
+        if time.monotonic() - t0 > 600:
+            os.killpg(p.pid, signal.SIGKILL)
+            raise AssertionError("run did not finish in 600 s")
+    return False
+
+
+@pytest.fixture(scope="module")
+def reference(images, tmp_path_factory, shapes_detector, sam2_t_ckpt) -> dict[str, bytes]:
+    out = tmp_path_factory.mktemp("ref") / "labels"
+    p = subprocess.run(_cmd(images, out, shapes_detector, sam2_t_ckpt, "local"), capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    ref = tree_bytes(out)
+    coco = json.loads(ref["annotations.json"])
+    assert len(coco["images"]) == N_IMAGES and coco["annotations"], "the reference run must have instances"
+    return ref
+
+
+@pytest.mark.parametrize(
+    ("after_labels", "after_s"),
+    [(None, 2.5), (1, None), (N_IMAGES - 1, None)],
+    ids=["during-startup", "after-1-label", "before-the-last-label"],
+)
+def test_kill_and_resume_local(images, tmp_path, reference, shapes_detector, sam2_t_ckpt, after_labels, after_s):
+    out = tmp_path / "labels"
+    cmd = _cmd(images, out, shapes_detector, sam2_t_ckpt, "local")
+    killed = _run_and_kill(cmd, out, after_labels=after_labels, after_s=after_s)
+    assert killed, "the run finished before the kill point: the test would prove nothing"
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr
+    _assert_same_as_reference(out, reference)
+
+
+def _assert_same_as_reference(out: Path, reference: dict[str, bytes]) -> None:
+    assert tree_bytes(out) == reference
+    leftovers = [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+    assert not leftovers, leftovers
+    with sqlite3.connect(out / ".annotator" / "ledger.sqlite") as db:
+        rows = db.execute("SELECT rel_path, status FROM items").fetchall()
+    assert len(rows) == N_IMAGES and len({r[0] for r in rows}) == N_IMAGES
+    coco = json.loads((out / "annotations.json").read_text())
+    ids = [a["id"] for a in coco["annotations"]]
+    assert ids == list(range(1, len(ids) + 1))
