@@ -1,0 +1,468 @@
+"""Find input images under a root and decode them exactly as Ultralytics does, refusing bad files with a reason.
+
+Finding (:func:`scan_sources`):
+
+* ``root`` is a folder (scanned recursively), a single image file, or a ``.txt`` list of image paths (one per
+  line, relative to the list's folder or absolute inside it) -- the inputs Ultralytics' predictor accepts.
+* Items are sorted by ``rel_path`` (POSIX, relative to the root; for a list, to the list's folder), so two
+  scans of the same tree give the same order and ``a.jpg`` and ``sub/a.jpg`` stay distinct.
+* Files and folders must stay inside the root: a symlink that resolves outside it is refused with a reason,
+  a folder reached twice (symlink loop, second link to the same folder) is scanned once.
+* Suffixes are matched case-insensitively against :data:`IMAGE_SUFFIXES`; other files are ignored silently,
+  as are our own writers' temp files (``.<name>.tmp``).
+
+Decoding (:func:`decode_image_bytes`):
+
+* Pixels equal ``ultralytics.utils.patches.imread(path)`` (``cv2.imdecode(bytes, cv2.IMREAD_COLOR)``, which
+  applies EXIF orientation and converts grayscale / alpha / palette / 16-bit to 8-bit BGR; TIFF pages through
+  ``cv2.imdecodemulti``; AVIF / HEIC through PIL), so labels match what Ultralytics sees.
+* The pixel count is read from the header (PIL, lazy) before any decoding: oversized images cost nothing.
+* Where OpenCV cannot decode a file (32-bit integer / float TIFF, CMYK JPEG 2000, ...) PIL decodes it
+  (``ImageOps.exif_transpose`` + ``convert("RGB")``); Ultralytics skips such files.
+* Every refusal is an :class:`ImageDecodeError` carrying an :class:`~annotator.records.ImageStatus` and a
+  one-line reason; callers record it and go on with the next image.
+
+Example:
+    >>> import tempfile, cv2, numpy as np
+    >>> root = Path(tempfile.mkdtemp())
+    >>> (root / "sub").mkdir()
+    >>> _ = cv2.imwrite(str(root / "b.png"), np.zeros((8, 12, 3), np.uint8))
+    >>> _ = cv2.imwrite(str(root / "sub" / "a.JPG"), np.zeros((8, 12, 3), np.uint8))
+    >>> _ = (root / "notes.txt").write_text("not an image: ignored")
+    >>> scan = scan_sources(root)
+    >>> [item.rel_path for item in scan.items], scan.refused
+    (['b.png', 'sub/a.JPG'], [])
+    >>> load_image(scan.items[1]).image_hw
+    (8, 12)
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image, ImageOps
+
+from annotator.records import DecodedImage, ImageStatus, SourceItem
+
+IMAGE_SUFFIXES: frozenset[str] = frozenset(
+    {".avif", ".bmp", ".dng", ".heic", ".heif", ".jp2", ".jpeg", ".jpg", ".mpo", ".png", ".tif", ".tiff", ".webp"}
+)
+"""Lower-case suffixes read as images: the same set as ``ultralytics.data.utils.IMG_FORMATS`` (tested)."""
+
+LIST_SUFFIX = ".txt"
+_TIFF_SUFFIXES = (".tif", ".tiff")
+_PIL_FIRST_SUFFIXES = (".avif", ".heic", ".heif")  # Ultralytics' PIL_FALLBACK_SUFFIXES: PIL decodes these first
+
+# (magic bytes at offset 0, format name, whether OpenCV/PIL here can normally decode it)
+_MAGIC: tuple[tuple[bytes, str, bool], ...] = (
+    (b"\xff\xd8\xff", "JPEG", True),
+    (b"\x89PNG\r\n\x1a\n", "PNG", True),
+    (b"II*\x00", "TIFF", True),
+    (b"MM\x00*", "TIFF", True),
+    (b"BM", "BMP", True),
+    (b"GIF8", "GIF", True),
+    (b"\x00\x00\x00\x0cjP  \r\n\x87\n", "JPEG 2000", True),
+    (b"\xff\x4f\xff\x51", "JPEG 2000 codestream", True),
+    (b"\x00\x00\x00\x0cJXL \r\n\x87\n", "JPEG XL", False),
+    (b"\xff\x0a", "JPEG XL codestream", False),
+    (b"8BPS", "Photoshop PSD", False),
+    (b"%PDF", "PDF", False),
+)
+_FTYP_BRANDS = {b"avif": "AVIF", b"avis": "AVIF", b"heic": "HEIC", b"heix": "HEIC", b"mif1": "HEIF", b"msf1": "HEIF"}
+
+
+@dataclass(frozen=True)
+class ScanResult:
+    """What :func:`scan_sources` found.
+
+    Attributes:
+        root: the root as given (folder, image file or ``.txt`` list), made absolute.
+        items: images, sorted by ``rel_path``.
+        refused: ``(rel_path, reason)`` for entries that were found but will not be read, sorted by rel_path.
+    """
+
+    root: Path
+    items: list[SourceItem] = field(default_factory=list)
+    refused: list[tuple[str, str]] = field(default_factory=list)
+
+
+class ImageDecodeError(Exception):
+    """An input image that cannot be used; ``status`` says which kind of failure, ``reason`` says why.
+
+    Example:
+        >>> err = ImageDecodeError(ImageStatus.TOO_SMALL, "1x1 px, below min_side_px=2")
+        >>> err.status.value, str(err)
+        ('too_small', 'too_small: 1x1 px, below min_side_px=2')
+    """
+
+    def __init__(self, status: ImageStatus, reason: str):
+        super().__init__(f"{status.value}: {reason}")
+        self.status = status
+        self.reason = reason
+
+    def __reduce__(self):  # picklable (Ray, multiprocessing) despite the two-argument constructor
+        return type(self), (self.status, self.reason)
+
+
+def is_image_path(path: str | Path) -> bool:
+    """True when the file name has an image suffix (case-insensitive).
+
+    Example:
+        >>> is_image_path("a/B.JPG"), is_image_path("notes.txt")
+        (True, False)
+    """
+    return Path(path).suffix.lower() in IMAGE_SUFFIXES
+
+
+def _is_own_temp_file(name: str) -> bool:
+    return name.startswith(".") and name.endswith(".tmp")
+
+
+def _looked_for() -> str:
+    return ", ".join(sorted(IMAGE_SUFFIXES))
+
+
+# ---------------------------------------------------------------------------------------------------- finding
+
+
+class _Walker:
+    """Recursive, deterministic, containment-checked walk that collects items and refusals."""
+
+    def __init__(self, base: Path):
+        self.base = base  # absolute, not resolved: rel_paths are relative to it
+        self.base_real = base.resolve()
+        self.items: dict[str, SourceItem] = {}
+        self.refused: dict[str, str] = {}
+        self.seen_dirs: dict[tuple[int, int], str] = {}
+
+    def rel(self, path: Path) -> str:
+        return Path(os.path.relpath(path, self.base)).as_posix()
+
+    def inside(self, real: Path) -> bool:
+        return real == self.base_real or real.is_relative_to(self.base_real)
+
+    def add_path(self, path: Path) -> None:
+        """Add a file or folder below ``base`` (used for the root itself and for list entries)."""
+        rel = self.rel(path)
+        try:
+            real = path.resolve(strict=True)
+        except (OSError, RuntimeError) as exc:  # missing, broken link or link loop
+            self.refused[rel] = f"does not exist or cannot be resolved ({type(exc).__name__}): check the path"
+            return
+        if not self.inside(real):
+            self.refused[rel] = f"resolves outside {self.base} (to {real}): copy or move it inside the root"
+            return
+        if real.is_dir():
+            self.walk_dir(path, rel)
+        elif is_image_path(path.name):
+            self.items.setdefault(rel, SourceItem(path=path, rel_path=rel))
+        else:
+            self.refused[rel] = f"not an image suffix (looked for {_looked_for()})"
+
+    def walk_dir(self, directory: Path, rel_dir: str) -> None:
+        try:
+            st = directory.stat()
+        except OSError as exc:
+            self.refused[rel_dir] = f"cannot stat folder: {exc}"
+            return
+        key = (st.st_dev, st.st_ino)
+        if key in self.seen_dirs:
+            first = self.seen_dirs[key] or "."
+            self.refused[rel_dir] = f"folder already scanned as {first!r} (symlink loop or second link): skipped"
+            return
+        self.seen_dirs[key] = "" if rel_dir == "." else rel_dir
+        try:
+            with os.scandir(directory) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            self.refused[rel_dir] = f"cannot list folder ({type(exc).__name__}: {exc}): check its permissions"
+            return
+        for entry in entries:
+            if _is_own_temp_file(entry.name):
+                continue
+            path = directory / entry.name
+            rel = entry.name if rel_dir == "." else f"{rel_dir}/{entry.name}"
+            try:
+                is_link = entry.is_symlink()
+                is_dir = entry.is_dir(follow_symlinks=True)
+                is_file = entry.is_file(follow_symlinks=True)
+            except OSError as exc:
+                self.refused[rel] = f"cannot stat ({type(exc).__name__}: {exc})"
+                continue
+            if not is_dir and not is_image_path(entry.name):
+                continue  # non-image files are ignored silently (links to them too)
+            if is_link:
+                try:
+                    real = path.resolve(strict=True)
+                except (OSError, RuntimeError) as exc:
+                    self.refused[rel] = f"broken symlink ({type(exc).__name__}): fix or remove it"
+                    continue
+                if not self.inside(real):
+                    self.refused[rel] = f"symlink resolves outside the root (to {real}): copy the data inside instead"
+                    continue
+            if is_dir:
+                self.walk_dir(path, rel)
+            elif is_file:
+                self.items[rel] = SourceItem(path=path, rel_path=rel)
+
+    def result(self, root: Path) -> ScanResult:
+        items = [self.items[k] for k in sorted(self.items)]
+        refused = sorted(self.refused.items())
+        return ScanResult(root=root, items=items, refused=refused)
+
+
+def _read_list_file(list_path: Path) -> list[str]:
+    raw = list_path.read_bytes()
+    text = raw.decode("utf-8-sig")  # tolerate a BOM, like Ultralytics
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def scan_sources(root: Path | str) -> ScanResult:
+    """Find the input images under ``root`` (folder, single image file, or ``.txt`` list of image paths).
+
+    Args:
+        root: a folder (recursive), one image file (one item, ``rel_path`` = its name), or a ``.txt`` file
+            listing images or folders one per line, relative to the list's folder (absolute paths must also be
+            inside that folder, because ``rel_path`` keys the outputs).
+
+    Returns:
+        :class:`ScanResult` with items sorted by ``rel_path`` and the refused entries with one-line reasons.
+
+    Raises:
+        ValueError: ``root`` does not exist, is neither a folder, an image nor a ``.txt`` list, or holds no image.
+
+    Example:
+        >>> import tempfile
+        >>> scan_sources(tempfile.mkdtemp())  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: no images found under ... (looked for .avif, .bmp, ...)
+    """
+    root = Path(root).absolute()
+    if not root.exists():
+        raise ValueError(f"input {root} does not exist: give a folder, an image file or a .txt list of images")
+    if root.is_dir():
+        walker = _Walker(root)
+        walker.walk_dir(root, ".")
+    elif is_image_path(root.name):
+        walker = _Walker(root.parent)
+        walker.items[root.name] = SourceItem(path=root, rel_path=root.name)
+    elif root.suffix.lower() == LIST_SUFFIX:
+        walker = _Walker(root.parent)
+        for line in _read_list_file(root):
+            entry = Path(line)
+            path = entry if entry.is_absolute() else root.parent / entry
+            walker.add_path(Path(os.path.normpath(path)))
+    else:
+        raise ValueError(
+            f"input {root} is not a folder, an image ({_looked_for()}) or a .txt list of image paths"
+        )
+    result = walker.result(root)
+    if not result.items:
+        detail = ""
+        if result.refused:
+            first = "; ".join(f"{p}: {r}" for p, r in result.refused[:3])
+            detail = f"; {len(result.refused)} entries refused, e.g. {first}"
+        raise ValueError(f"no images found under {root} (looked for {_looked_for()}){detail}")
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------- decoding
+
+
+def read_image_bytes(item: SourceItem) -> bytes:
+    """The raw bytes of ``item.path`` (the file is never modified).
+
+    Raises:
+        ImageDecodeError: ``FAILED`` when the file cannot be read (vanished, permissions, ...).
+    """
+    try:
+        return item.path.read_bytes()
+    except OSError as exc:
+        raise ImageDecodeError(
+            ImageStatus.FAILED, f"cannot read {item.rel_path} ({type(exc).__name__}: {exc.strerror or exc})"
+        ) from exc
+
+
+def _sniff_format(data: bytes) -> tuple[str, bool] | None:
+    """``(format name, decodable here)`` from the magic bytes, or None when nothing matches."""
+    for magic, name, decodable in _MAGIC:
+        if data.startswith(magic):
+            return name, decodable
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WebP", True
+    if data[4:8] == b"ftyp":
+        brand = _FTYP_BRANDS.get(data[8:12])
+        if brand:
+            return brand, brand == "AVIF" or _heif_plugin_available()
+    return None
+
+
+_heif_registered: bool | None = None
+
+
+def _heif_plugin_available() -> bool:
+    """Register pi-heif's PIL opener once if the package is installed (never installs it)."""
+    global _heif_registered
+    if _heif_registered is None:
+        try:
+            from pi_heif import register_heif_opener  # type: ignore[import-not-found]
+
+            register_heif_opener()
+            _heif_registered = True
+        except ImportError:
+            _heif_registered = False
+    return _heif_registered
+
+
+def _pil_open(data: bytes) -> Image.Image:
+    """``PIL.Image.open`` on bytes, bypassing Ultralytics' monkey-patch (which pip-installs pi-heif when PIL
+    cannot identify a file) if Ultralytics was imported in this process."""
+    patches = sys.modules.get("ultralytics.utils.patches")
+    open_ = getattr(patches, "_image_open", None) or Image.open
+    return open_(io.BytesIO(data))
+
+
+def _header_info(data: bytes) -> tuple[int, int] | None:
+    """``(H, W)`` from the header, or None when PIL cannot parse it (OpenCV still gets a try).
+
+    Raises ``TOO_LARGE`` when PIL itself refuses the size (``DecompressionBombError``).
+    """
+    try:
+        with _pil_open(data) as im:
+            w, h = im.size
+            return int(h), int(w)
+    except Image.DecompressionBombError as exc:
+        raise ImageDecodeError(
+            ImageStatus.TOO_LARGE,
+            f"refused from the header by PIL ({exc}); raise PIL.Image.MAX_IMAGE_PIXELS to read it",
+        ) from exc
+    except Exception:  # noqa: BLE001 - unknown or corrupt header
+        return None
+
+
+def _decode_pil_bgr(data: bytes) -> np.ndarray:
+    """Ultralytics' PIL path (``_imread_pil``): EXIF-upright, ``convert("RGB")``, then BGR."""
+    with _pil_open(data) as im:
+        upright = ImageOps.exif_transpose(im)
+        rgb = np.asarray(upright.convert("RGB"))
+    return np.ascontiguousarray(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+
+
+def _decode_like_ultralytics(buf: np.ndarray, suffix: str) -> np.ndarray | None:
+    """Mirror of ``ultralytics.utils.patches.imread(path, cv2.IMREAD_COLOR)`` on in-memory bytes.
+
+    One difference: a TIFF page is taken from ``imdecodemulti`` only when it has 3 or 4 channels of 8 or 16
+    bits (Ultralytics would pass a 2-channel or float page through and break later); other TIFFs go through
+    ``cv2.imdecode(IMREAD_COLOR)`` like every other format. Note that this TIFF path ignores EXIF orientation,
+    as in Ultralytics.
+    """
+    im = None
+    if suffix in _TIFF_SUFFIXES:
+        try:
+            success, frames = cv2.imdecodemulti(buf, cv2.IMREAD_UNCHANGED)
+        except cv2.error:
+            success, frames = False, []
+        if success and frames and frames[0].ndim == 3 and frames[0].shape[2] in (3, 4):
+            if frames[0].dtype in (np.uint8, np.uint16):
+                im = frames[0][..., :3]  # first page, BGR, alpha dropped
+    if im is None and suffix in _PIL_FIRST_SUFFIXES:
+        try:
+            im = _decode_pil_bgr(buf.tobytes())
+        except Exception:  # noqa: BLE001 - falls through to OpenCV, as in Ultralytics
+            im = None
+    if im is None:
+        try:
+            im = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+        except cv2.error:
+            im = None
+    if im is not None and im.dtype == np.uint16:
+        im = (im >> 8).astype(np.uint8)
+    return im
+
+
+def decode_image_bytes(
+    data: bytes, item: SourceItem, *, max_pixels: int = 100_000_000, min_side_px: int = 2
+) -> DecodedImage:
+    """Decode file bytes to an ``(H, W, 3)`` uint8 BGR image, EXIF-upright, exactly as Ultralytics reads it.
+
+    Args:
+        data: the file's bytes (see :func:`read_image_bytes`).
+        item: the source, for the suffix (TIFF / AVIF / HEIC paths) and for the result.
+        max_pixels: refuse images with more pixels (``H * W``), read from the header before decoding.
+        min_side_px: refuse images whose height or width is smaller.
+
+    Returns:
+        :class:`~annotator.records.DecodedImage`.
+
+    Raises:
+        ImageDecodeError: ``DECODE_ERROR`` (empty, truncated, corrupt, not image data), ``UNSUPPORTED`` (suffix
+            not read, or a format recognised but not decodable here), ``TOO_LARGE``, ``TOO_SMALL``.
+
+    Example:
+        >>> ok, png = cv2.imencode(".png", np.full((3, 5), 7, np.uint8))  # grayscale file
+        >>> img = decode_image_bytes(png.tobytes(), SourceItem(Path("/x/g.png"), "g.png"))
+        >>> img.image_bgr.shape, img.image_bgr.dtype, int(img.image_bgr[0, 0, 2])
+        ((3, 5, 3), dtype('uint8'), 7)
+    """
+    if max_pixels < 1 or min_side_px < 1:
+        raise ValueError(f"max_pixels and min_side_px must be >= 1, got {max_pixels} and {min_side_px}")
+    suffix = Path(item.rel_path).suffix.lower()
+    if suffix not in IMAGE_SUFFIXES:
+        raise ImageDecodeError(ImageStatus.UNSUPPORTED, f"suffix {suffix or '(none)'!r} is not one of {_looked_for()}")
+    if len(data) == 0:
+        raise ImageDecodeError(ImageStatus.DECODE_ERROR, "file is empty (0 bytes)")
+
+    sniffed = _sniff_format(data)
+    if sniffed is not None and not sniffed[1]:
+        hint = " (install pi-heif to read HEIC/HEIF)" if sniffed[0] in ("HEIC", "HEIF") else ""
+        raise ImageDecodeError(ImageStatus.UNSUPPORTED, f"{sniffed[0]} data is not decodable here{hint}")
+
+    header = _header_info(data)
+    if header is not None:
+        h, w = header
+        if h * w > max_pixels:
+            raise ImageDecodeError(
+                ImageStatus.TOO_LARGE, f"{h}x{w} px = {h * w:,} px (from the header) exceeds max_pixels={max_pixels:,}"
+            )
+
+    buf = np.frombuffer(data, dtype=np.uint8)
+    image = _decode_like_ultralytics(buf, suffix)
+    if image is None:
+        try:
+            image = _decode_pil_bgr(data)  # OpenCV failed: exotic modes (float TIFF, CMYK JPEG 2000, ...)
+        except Image.DecompressionBombError as exc:
+            raise ImageDecodeError(ImageStatus.TOO_LARGE, f"refused by PIL while decoding ({exc})") from exc
+        except Exception as exc:  # noqa: BLE001
+            what = sniffed[0] if sniffed else None
+            if what is None:
+                start = data[:12]
+                reason = f"not image data (no known image signature; starts with {start!r})"
+            else:
+                detail = " ".join(str(exc).split())  # one line
+                reason = f"truncated or corrupt {what} data (OpenCV failed; PIL: {type(exc).__name__}: {detail})"
+            raise ImageDecodeError(ImageStatus.DECODE_ERROR, reason) from exc
+
+    if image.ndim == 2:
+        image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ImageDecodeError(
+            ImageStatus.DECODE_ERROR, f"decoded to shape {image.shape} {image.dtype}, expected (H, W, 3) uint8"
+        )
+    h, w = image.shape[:2]
+    if h * w > max_pixels:
+        raise ImageDecodeError(ImageStatus.TOO_LARGE, f"{h}x{w} px exceeds max_pixels={max_pixels:,}")
+    if min(h, w) < min_side_px:
+        raise ImageDecodeError(ImageStatus.TOO_SMALL, f"{h}x{w} px: a side is below min_side_px={min_side_px}")
+    return DecodedImage(item=item, image_bgr=np.ascontiguousarray(image))
+
+
+def load_image(item: SourceItem, *, max_pixels: int = 100_000_000, min_side_px: int = 2) -> DecodedImage:
+    """Read and decode one item: ``decode_image_bytes(read_image_bytes(item), item, ...)``."""
+    return decode_image_bytes(read_image_bytes(item), item, max_pixels=max_pixels, min_side_px=min_side_px)
