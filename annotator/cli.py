@@ -62,7 +62,15 @@ def _add_annotate_args(p: argparse.ArgumentParser) -> None:
     r.add_argument("--batch-size", dest="batch_size", type=int, default=S)
     r.add_argument("--workers", type=int, default=S, help="decode/write threads (local engine)")
     r.add_argument("--max-pixels", dest="max_pixels", type=int, default=S)
+    r.add_argument("--torch-threads", dest="torch_threads", type=int, default=S, help="CPU threads for the models (all cores)")
     r.add_argument("--max-failures", dest="max_failures", type=int, default=0, help="failed images tolerated before exit 1")
+    j = p.add_argument_group("scheduled jobs")
+    j.add_argument("--hash-inputs", dest="hash_inputs", action="store_true", default=S, help="detect changes by content SHA-256")
+    j.add_argument("--keep-deleted", dest="keep_deleted", action="store_true", default=S, help="keep labels of deleted inputs")
+    j.add_argument(
+        "--weights-sha256", dest="weights_sha256", nargs="+", default=S, metavar="NAME=HEX",
+        help="pin weight files, e.g. --weights-sha256 yolo11x.pt=ab12... sam2_b.pt=cd34...",
+    )
     r.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -77,10 +85,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _settings(ns: argparse.Namespace) -> dict[str, Any]:
     from annotator.config import load_config_file
+    from annotator.errors import ConfigError
 
     settings: dict[str, Any] = load_config_file(ns.config) if ns.config else {}
     cli_only = {"config", "json", "quiet", "max_failures", "command"}
     settings.update({k: v for k, v in vars(ns).items() if k not in cli_only})
+    if isinstance(settings.get("weights_sha256"), list):
+        pins = {}
+        for pair in settings["weights_sha256"]:
+            name, sep, digest = pair.partition("=")
+            if not sep or not name or not digest:
+                raise ConfigError(f"--weights-sha256 takes NAME=HEX pairs, got {pair!r}")
+            pins[name] = digest
+        settings["weights_sha256"] = pins
     return settings
 
 

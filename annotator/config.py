@@ -112,6 +112,11 @@ class AnnotateConfig(BaseModel):
                 raise ValueError(f"class ids must be >= 0, got {v}")
         return v
 
+    @field_validator("weights_sha256", mode="before")
+    @classmethod
+    def _none_is_empty(cls, v):
+        return {} if v is None else v
+
     @field_validator("weights_sha256")
     @classmethod
     def _hex_digests(cls, v: dict[str, str]) -> dict[str, str]:
