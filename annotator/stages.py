@@ -80,6 +80,7 @@ class Stages:
     segmenter: Segmenter
     polygonizer: Polygonizer
     threads: int = 1
+    det_batch: int = 1
 
     @classmethod
     def build(cls, cfg: AnnotateConfig, models: ResolvedModels) -> Stages:
@@ -110,7 +111,14 @@ class Stages:
             with_rle=cfg.writes_coco and cfg.coco_segmentation == "rle",
             compat="ultralytics" if compat else "none",
         )
-        return cls(detector, segmenter, polygonizer, threads=cfg.torch_threads or usable_cores())
+        on_cpu = str(cfg.device).strip().lower() == "cpu" or not _cuda_available()
+        return cls(
+            detector,
+            segmenter,
+            polygonizer,
+            threads=cfg.torch_threads or usable_cores(),
+            det_batch=1 if on_cpu else cfg.batch_size,
+        )
 
     @property
     def names(self) -> dict[int, str]:
@@ -158,12 +166,40 @@ class Stages:
         n = len(images)
         with torch_threads(self.threads):
             t0 = time.perf_counter()
-            dets = self.detector(images)
+            dets = self._detect(images)
             t1 = time.perf_counter()
             insts = self.segmenter(images, dets)
             t2 = time.perf_counter()
         secs = {"detect": (t1 - t0) / n, "segment": (t2 - t1) / n}
         return [InferredImage(d.item, d.image_hw, i, dict(secs)) for d, i in zip(decoded, insts)]
+
+
+    def _detect(self, images: Sequence):
+        """Detector calls of exactly ``det_batch`` same-shape images each (the last padded with copies).
+
+        Batched convolutions round differently for different batch sizes (YOLO confidences moved in the 7th
+        digit on CPU), so an image must be computed in the same batch shape whatever else is processed with
+        it: that makes a resumed or incremental run produce the very bytes of an uninterrupted one.
+        On CPU ``det_batch`` is 1, as in Ultralytics' own loop.
+        """
+        out: list = [None] * len(images)
+        by_shape: dict[tuple, list[int]] = {}
+        for i, im in enumerate(images):
+            by_shape.setdefault(tuple(im.shape), []).append(i)
+        for idxs in by_shape.values():
+            for k in range(0, len(idxs), self.det_batch):
+                chunk = idxs[k : k + self.det_batch]
+                batch = [images[i] for i in chunk]
+                batch += [batch[-1]] * (self.det_batch - len(batch))
+                for i, d in zip(chunk, self.detector(batch)):
+                    out[i] = d
+        return out
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 @dataclass(frozen=True)
