@@ -88,6 +88,22 @@ class AnnotateConfig(BaseModel):
     min_side_px: int = Field(2, ge=1, description="refuse images with a side shorter than this")
     progress: bool = Field(False, description="show a progress bar")
 
+    # -- Ray engine (engine: ray); None = the default in pipelines/resources.py:RayResources ---------------
+    ray_address: str | None = Field(None, description="cluster to join: 'auto' or 'ray://host:10001'; None: local")
+    ray_num_cpus: int | None = Field(None, ge=1, description="CPUs of the local Ray instance the run starts")
+    ray_fused: bool | None = Field(None, description="one actor decodes+detects+segments (default); false: split")
+    ray_gpus_per_actor: float | None = Field(None, ge=0, description="GPUs per model actor; 0.5 shares a GPU")
+    ray_det_gpus_per_actor: float | None = Field(None, ge=0, description="split mode: GPUs per detector actor")
+    ray_cpus_per_actor: float | None = Field(None, gt=0, description="CPUs Ray reserves per model actor")
+    ray_actors: int | tuple[int, int] | None = Field(None, description="model actor pool size, n or [min, max]")
+    ray_det_actors: int | tuple[int, int] | None = Field(None, description="split mode: detector pool size")
+    ray_cpus_per_task: float | None = Field(None, gt=0, description="CPUs per read / decode / polygonize task")
+    ray_chunks_per_task: int | None = Field(None, ge=1, description="model batches read or decoded per CPU task")
+    ray_polygon_batch: int | None = Field(None, ge=1, description="images per polygonize task")
+    ray_max_task_retries: int | None = Field(None, ge=0, le=100, description="re-runs of a batch whose worker died")
+    ray_preserve_order: bool | None = Field(None, description="Ray Data keeps input order (else the driver does)")
+    ray_runtime_env: dict | None = Field(None, description="Ray runtime_env for the workers (working_dir, pip...)")
+
     # -- scheduled jobs -----------------------------------------------------------------------------------
     hash_inputs: bool = Field(False, description="decide 'modified' by content SHA-256 instead of size + mtime")
     keep_deleted: bool = Field(False, description="keep the labels of inputs that were deleted since the last run")

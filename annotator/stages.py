@@ -83,41 +83,51 @@ class Stages:
     det_batch: int = 1
 
     @classmethod
-    def build(cls, cfg: AnnotateConfig, models: ResolvedModels) -> Stages:
+    def build(
+        cls, cfg: AnnotateConfig, models: ResolvedModels, *, parts: tuple[str, ...] = ("detector", "segmenter")
+    ) -> Stages:
+        """Load the models named in ``parts`` (``"detector"``, ``"segmenter"``) once; the polygonizer always."""
         compat = cfg.compat == "ultralytics"
-        detector = Detector(
-            models.det_path,
-            conf=cfg.conf,
-            iou=cfg.iou,
-            imgsz=cfg.imgsz,
-            max_det=cfg.max_det,
-            classes=cfg.classes,
-            device=cfg.device,
-            half=cfg.half,
+        detector = segmenter = None
+        if "detector" in parts:
+            detector = Detector(
+                models.det_path,
+                conf=cfg.conf,
+                iou=cfg.iou,
+                imgsz=cfg.imgsz,
+                max_det=cfg.max_det,
+                classes=cfg.classes,
+                device=cfg.device,
+                half=cfg.half,
+            )
+        if "segmenter" in parts:
+            segmenter = Segmenter(
+                models.sam_path,
+                models.sam_name,
+                models.sam_family,
+                device=cfg.device,
+                half=cfg.half and not compat,
+                min_score=cfg.sam_min_score,
+                mask_upsample="full" if compat else "crop",
+            )
+        on_cpu = str(cfg.device).strip().lower() == "cpu" or not _cuda_available()
+        return cls(
+            detector,  # type: ignore[arg-type]
+            segmenter,  # type: ignore[arg-type]
+            cls.build_polygonizer(cfg),
+            threads=cfg.torch_threads or usable_cores(),
+            det_batch=1 if on_cpu else cfg.batch_size,
         )
-        segmenter = Segmenter(
-            models.sam_path,
-            models.sam_name,
-            models.sam_family,
-            device=cfg.device,
-            half=cfg.half and not compat,
-            min_score=cfg.sam_min_score,
-            mask_upsample="full" if compat else "crop",
-        )
-        polygonizer = Polygonizer(
+
+    @staticmethod
+    def build_polygonizer(cfg: AnnotateConfig) -> Polygonizer:
+        """The polygon stage for ``cfg`` (no model: cheap to build in every CPU worker)."""
+        return Polygonizer(
             tolerance_px=cfg.simplify_tolerance_px,
             min_area_px=cfg.min_area_px,
             multipart="largest" if cfg.multipart == "largest" else "all",
             with_rle=cfg.writes_coco and cfg.coco_segmentation == "rle",
-            compat="ultralytics" if compat else "none",
-        )
-        on_cpu = str(cfg.device).strip().lower() == "cpu" or not _cuda_available()
-        return cls(
-            detector,
-            segmenter,
-            polygonizer,
-            threads=cfg.torch_threads or usable_cores(),
-            det_batch=1 if on_cpu else cfg.batch_size,
+            compat="ultralytics" if cfg.compat == "ultralytics" else "none",
         )
 
     @property
