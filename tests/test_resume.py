@@ -93,3 +93,15 @@ def _assert_same_as_reference(out: Path, reference: dict[str, bytes]) -> None:
     coco = json.loads((out / "annotations.json").read_text())
     ids = [a["id"] for a in coco["annotations"]]
     assert ids == list(range(1, len(ids) + 1))
+
+
+@pytest.mark.parametrize(("after_labels", "after_s"), [(None, 12.0), (2, None)], ids=["while-ray-starts", "after-2-labels"])
+def test_kill_and_resume_ray(images, tmp_path, reference, shapes_detector, sam2_t_ckpt, after_labels, after_s):
+    """The Ray engine, killed (driver and its whole process group) and resumed, ends identical to the local run."""
+    out = tmp_path / "labels"
+    cmd = _cmd(images, out, shapes_detector, sam2_t_ckpt, "ray")
+    killed = _run_and_kill(cmd, out, after_labels=after_labels, after_s=after_s)
+    assert killed, "the run finished before the kill point: the test would prove nothing"
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr
+    _assert_same_as_reference(out, reference)
