@@ -81,6 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", parser_class=_OneLineParser)
     ann = sub.add_parser("annotate", help="annotate a folder of images")
     _add_annotate_args(ann)
+    from annotator.bench import add_bench_args
+
+    bench = sub.add_parser("bench", help="images/s of ours vs Ultralytics' auto_annotate on the same images and models")
+    add_bench_args(bench)
     return parser
 
 
@@ -151,6 +155,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ns = parser.parse_args(argv)
     if ns.command == "annotate":
         return cmd_annotate(ns)
+    if ns.command == "bench":
+        from annotator.bench import cmd_bench
+
+        return cmd_bench(ns)
     parser.print_help()
     return EXIT_UNUSABLE
 

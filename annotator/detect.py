@@ -16,6 +16,34 @@ from annotator.models import load_yolo
 from annotator.records import Detections
 
 
+class TorchThreads:
+    """The torch CPU thread count a stage runs its models with, kept stable for the stage's lifetime.
+
+    Ultralytics' ``select_device`` calls ``torch.set_num_threads(min(8, cpu_count - 1))`` whenever a YOLO or
+    SAM predictor is set up (lazily, on its first call), which silently changes the process's thread count.
+    A stage captures the count that ``select_device`` leaves (so by default our models run with the threads
+    Ultralytics would use, leaving a core for the decode and writer threads) and re-applies it before each
+    model call; set :attr:`n` to choose another count (``annotator bench --threads``).
+
+    On a 2-core machine this default is 1 thread: measured in docs/performance.md, 2 threads speed the image
+    encoder up only on an otherwise idle machine and slow everything down under load (OpenMP oversubscription).
+    """
+
+    def __init__(self, device: str = "") -> None:
+        import torch
+        from ultralytics.utils.torch_utils import select_device
+
+        select_device(device, verbose=False)  # what the predictor will do on its first call
+        self.n = torch.get_num_threads()
+
+    def apply(self) -> None:
+        """Set the count for this thread's parallel regions (and MKL's, which is process-wide: CPU shards of
+        the segmenter set their own, so this is set unconditionally; it costs microseconds)."""
+        import torch
+
+        torch.set_num_threads(self.n)
+
+
 class Detector:
     """Run a YOLO detector on BGR images.
 
@@ -43,6 +71,7 @@ class Detector:
         device: str = "",
         half: bool = False,
     ) -> None:
+        self.threads = TorchThreads(device)
         self.model = load_yolo(weights)
         self.names: dict[int, str] = {int(k): str(v) for k, v in self.model.names.items()}
         self._kwargs = dict(
@@ -64,9 +93,11 @@ class Detector:
         for i, im in enumerate(images_bgr):
             by_shape.setdefault(tuple(im.shape), []).append(i)
         for idxs in by_shape.values():
+            self.threads.apply()
             results = self.model.predict(
                 [images_bgr[i] for i in idxs], batch=len(idxs), half=self._half and self._on_cuda(), **self._kwargs
             )
+            self.threads.apply()  # the first predict set up its predictor, which sets the thread count again
             for i, r in zip(idxs, results):
                 b = r.boxes
                 out[i] = Detections(
