@@ -155,7 +155,7 @@ def realistic_logits(masks: np.ndarray, image_hw: tuple[int, int]) -> np.ndarray
     Example:
         >>> m = np.zeros((1, 100, 200), bool); m[0, 20:60, 50:150] = True
         >>> lg = realistic_logits(m, (100, 200))
-        >>> lg.shape, bool(lg[0, 20, 50] > 0), bool(lg[0, 100, 100] < 0)
+        >>> lg.shape, bool(lg[0, 50, 128] > 0), bool(lg[0, 100, 100] < 0)  # mask centre, background
         ((1, 256, 256), True, True)
     """
     import cv2
@@ -560,7 +560,13 @@ class OursPipeline:
         if summary.failed:
             raise RuntimeError(f"our pipeline failed on {summary.failed} images: {summary.failures[:2]}")
         return RunTiming(
-            seconds, summary.images_seen, self.detector.boxes, summary.instances, stages, rss.peak_mib, self.device.peak_mib()
+            seconds,
+            summary.images_seen,
+            self.detector.boxes,
+            summary.instances,
+            stages,
+            rss.peak_mib,
+            self.device.peak_mib(),
         )
 
 
@@ -787,7 +793,9 @@ def run_bench(ns: argparse.Namespace, log: Callable[[str], None] = lambda s: Non
             if s["boxes"] == 0:
                 notes.append(f"{name}: the detector found no box, so SAM never ran (try --boxes gt)")
             elif s["instances"] == 0:
-                notes.append(f"{name}: SAM ran on {s['boxes']} boxes but kept no mask (scores <= 0.25: random weights?)")
+                notes.append(
+                    f"{name}: SAM ran on {s['boxes']} boxes but kept no mask (scores <= 0.25: random weights?)"
+                )
         if images.synthetic and "annotator" in pipes:
             report["polygon_stage_gt"] = polygon_stage_on_gt(images, pipes["annotator"].stages.polygonizer, ns.repeats)
         else:
@@ -809,7 +817,7 @@ def format_report(rep: dict[str, Any]) -> str:
         f"sam={Path(rep['sam_model']).name} device={rep['device']} imgsz={rep['imgsz']} batch={rep['batch_size']} "
         f"repeats={rep['repeats']} torch={rep['torch']} "
         f"threads={','.join(f'{k}:{v}' for k, v in rep['torch_threads'].items())}"
-        + (f" encoder-workers(ours)={rep['annotator_cpu_workers']}" if (rep.get("annotator_cpu_workers") or 1) > 1 else "")
+        + (f" encoder-workers(ours)={workers}" if (workers := rep.get("annotator_cpu_workers") or 1) > 1 else "")
         + (" compile=encoder(ours)" if rep["compile"] else "")
         + (" half(ours)" if rep.get("half") else ""),
         rep["boxes_note"],
@@ -821,7 +829,8 @@ def format_report(rep: dict[str, Any]) -> str:
     for name, s in rep["pipelines"].items():
         rng = f"{s['images_per_s_min']:.3f}..{s['images_per_s_max']:.3f}"
         row = (
-            f"{name:<12} {s['images_per_s']:>9.3f} {rng:>15} {s.get('cpu_s_per_image', float('nan')):>11.2f} {s['boxes']:>6} "
+            f"{name:<12} {s['images_per_s']:>9.3f} {rng:>15} {s.get('cpu_s_per_image', float('nan')):>11.2f} "
+            f"{s['boxes']:>6} "
             f"{s['instances']:>9} {s['peak_rss_mib']:>12.0f}"
         )
         if rep["device"] == "cuda":
@@ -835,7 +844,11 @@ def format_report(rep: dict[str, Any]) -> str:
         )
     for name, s in rep["pipelines"].items():
         st = "  ".join(f"{k} {v:.3f}" for k, v in s["stage_seconds"].items())
-        what = "per-stage s (sum over images; decode/polygonize/write overlap the models)" if name == "annotator" else "split s"
+        what = (
+            "per-stage s (sum over images; decode/polygonize/write overlap the models)"
+            if name == "annotator"
+            else "split s"
+        )
         lines.append(f"{name} {what}: {st}")
     pg = rep.get("polygon_stage_gt")
     if pg:
@@ -859,7 +872,9 @@ def format_report(rep: dict[str, Any]) -> str:
 # -- command line ------------------------------------------------------------------------------------------------
 def add_bench_args(parser: argparse.ArgumentParser) -> None:
     """Add the ``annotator bench`` arguments to ``parser``."""
-    parser.add_argument("data", nargs="?", default=None, help="flat folder of images (default: generate synthetic ones)")
+    parser.add_argument(
+        "data", nargs="?", default=None, help="flat folder of images (default: generate synthetic ones)"
+    )
     g = parser.add_argument_group("synthetic images (when DATA is not given)")
     g.add_argument("--images", type=int, default=8, help="number of images (default 8)")
     g.add_argument("--image-size", dest="image_size", type=parse_hw, default=(480, 640), help="HxW (default 480x640)")
@@ -888,7 +903,9 @@ def add_bench_args(parser: argparse.ArgumentParser) -> None:
     o = parser.add_argument_group("our pipeline")
     o.add_argument("--batch-size", dest="batch_size", type=int, default=4, help="images per model batch (default 4)")
     o.add_argument("--compat", choices=["none", "ultralytics"], default="none", help="our polygon mode (default none)")
-    o.add_argument("--compile", action="store_true", help="torch.compile our SAM image encoder (compile time in warm-up)")
+    o.add_argument(
+        "--compile", action="store_true", help="torch.compile our SAM image encoder (compile time in warm-up)"
+    )
     o.add_argument(
         "--cpu-workers",
         dest="cpu_workers",

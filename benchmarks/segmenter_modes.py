@@ -82,7 +82,8 @@ def main(argv=None) -> None:
     base = statistics.median(times[names[0]])
     for m in names:
         v = times[m]
-        print(f"  {m:<22} {statistics.median(v):6.2f} s  ({min(v):.2f}..{max(v):.2f})  x{base / statistics.median(v):.2f}")
+        med = statistics.median(v)
+        print(f"  {m:<22} {med:6.2f} s  ({min(v):.2f}..{max(v):.2f})  x{base / med:.2f}")
 
 
 if __name__ == "__main__":

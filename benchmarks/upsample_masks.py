@@ -29,25 +29,16 @@ os.environ.setdefault("YOLO_AUTOINSTALL", "false")
 os.environ.setdefault("YOLO_VERBOSE", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 
 def realistic_logits(masks: np.ndarray, image_hw: tuple[int, int]):
-    """``(N, 256, 256)`` float32 logits whose positive region is each mask, letterboxed top-left like SAM's input."""
+    """``(N, 256, 256)`` float32 logits positive on each mask, as SAM's decoder outputs them (see annotator.bench)."""
     import torch
 
-    from annotator.segment import SAM_INPUT_PX
+    from annotator.bench import realistic_logits as logits_np
 
-    h, w = image_hw
-    r = SAM_INPUT_PX / max(h, w)
-    nh, nw = round(h * r / 4), round(w * r / 4)  # content size in the 256 frame
-    out = np.full((len(masks), 256, 256), -8.0, np.float32)
-    for k, m in enumerate(masks):
-        small = cv2.resize(m.astype(np.float32), (nw, nh), interpolation=cv2.INTER_AREA)
-        small = cv2.GaussianBlur(small, (0, 0), 1.0)
-        out[k, :nh, :nw] = (small - 0.5) * 16.0
-    return torch.from_numpy(out)
+    return torch.from_numpy(logits_np(masks, image_hw))
 
 
 def upsample_crops_matmul_f64(logits, image_hw, threshold: float = 0.0):

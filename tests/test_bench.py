@@ -74,8 +74,9 @@ def test_bench_gt_boxes_json_and_table(random_yolo_ckpt, confident_mobile_sam, c
     assert rep["notes"] == []
 
     table = bench.format_report(rep)
-    for text in ("images/s", "annotator", "ultralytics", "ratio annotator/ultralytics", bench.GT_BOXES_NOTE, bench.GT_MASKS_NOTE,
-                 bench.POLYGON_NOTE, "decode", "detect", "segment", "polygonize", "write", "peak RSS"):  # fmt: skip
+    for text in ("images/s", "annotator", "ultralytics", "ratio annotator/ultralytics", bench.GT_BOXES_NOTE,
+                 bench.GT_MASKS_NOTE, bench.POLYGON_NOTE, "decode", "detect", "segment", "polygonize", "write",
+                 "peak RSS", "CPU s/image", "load average"):  # fmt: skip
         assert text in table, text
     assert f"{rep['ratio']:.2f}x" in table
 

@@ -24,17 +24,11 @@ def _iou(a: MaskCrop, b: MaskCrop) -> float:
 
 def _smooth_logits(masks: np.ndarray, image_hw: tuple[int, int]):
     """(N, 256, 256) logits that are positive on each mask, letterboxed top-left (as SAM's decoder outputs)."""
-    import cv2
     import torch
 
-    h, w = image_hw
-    r = 1024 / max(h, w)
-    nh, nw = max(round(h * r / 4), 1), max(round(w * r / 4), 1)
-    out = np.full((len(masks), 256, 256), -8.0, np.float32)
-    for k, m in enumerate(masks):
-        small = cv2.resize(m.astype(np.float32), (nw, nh), interpolation=cv2.INTER_AREA)
-        out[k, :nh, :nw] = (cv2.GaussianBlur(small, (0, 0), 1.0) - 0.5) * 16.0
-    return torch.from_numpy(out)
+    from annotator.bench import realistic_logits
+
+    return torch.from_numpy(realistic_logits(masks, image_hw))
 
 
 @pytest.mark.parametrize("image_hw", [(97, 131), (480, 640), (720, 1280), (1080, 1920), (333, 1000)])
