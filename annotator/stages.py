@@ -22,16 +22,8 @@ from annotator.detect import Detector
 from annotator.models import ResolvedModels
 from annotator.polygons import Polygonizer
 from annotator.records import DecodedImage, ImageResult, ImageStatus, Instance, SourceItem
-from annotator.segment import Segmenter
+from annotator.segment import Segmenter, usable_cores
 from annotator.sources import ImageDecodeError, decode_image_bytes, read_image_bytes
-
-
-def usable_cores() -> int:
-    """CPU cores this process may run on (respects affinity masks and cgroup-pinned CPU sets)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):  # not Linux
-        return max(1, os.cpu_count() or 1)
 
 
 @contextlib.contextmanager
