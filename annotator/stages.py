@@ -12,7 +12,6 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
