@@ -79,7 +79,7 @@ class AnnotateConfig(BaseModel):
     half: bool = Field(True, description="bf16/fp16 autocast on GPU (ignored on CPU)")
     engine: Literal["local", "ray"] = Field("local", description="in-process runner or Ray Data pipeline")
     torch_threads: int | None = Field(
-        None, ge=1, le=1024, description="CPU threads for the models (default: all usable cores)"
+        None, ge=1, le=1024, description="torch CPU threads per model call (default: what Ultralytics picks, cores - 1)"
     )
     workers: int = Field(2, ge=1, le=64, description="threads for decoding, polygons and writing (local engine)")
     max_pixels: int = Field(

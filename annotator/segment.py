@@ -21,7 +21,6 @@ Torch and the device stay inside this module: numpy in, numpy out.
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal

@@ -11,7 +11,6 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -20,28 +19,9 @@ from annotator.config import AnnotateConfig
 from annotator.detect import Detector
 from annotator.models import ResolvedModels
 from annotator.polygons import Polygonizer
-from annotator.records import DecodedImage, ImageResult, ImageStatus, Instance, SourceItem
-from annotator.segment import Segmenter, usable_cores
+from annotator.records import Detections, DecodedImage, ImageResult, ImageStatus, Instance, SourceItem
+from annotator.segment import Segmenter
 from annotator.sources import ImageDecodeError, decode_image_bytes, read_image_bytes
-
-
-@contextlib.contextmanager
-def torch_threads(n: int):
-    """Run torch's CPU ops with ``n`` intra-op threads, then restore the previous setting.
-
-    Ultralytics sets ``OMP_NUM_THREADS`` to ``cores - 1`` when it is imported before torch (1 on a 2-core
-    machine), so without this the thread count, hence speed and float rounding, depends on import order.
-    """
-    import torch
-
-    before = torch.get_num_threads()
-    if before != n:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        if torch.get_num_threads() != before:
-            torch.set_num_threads(before)
 
 
 def _one_line(e: BaseException) -> str:
@@ -70,7 +50,6 @@ class Stages:
     detector: Detector
     segmenter: Segmenter
     polygonizer: Polygonizer
-    threads: int = 1
     det_batch: int = 1
 
     @classmethod
@@ -101,12 +80,15 @@ class Stages:
                 min_score=cfg.sam_min_score,
                 mask_upsample="full" if compat else "crop",
             )
+        if cfg.torch_threads is not None:  # else the count Ultralytics' select_device picks (see TorchThreads)
+            for stage in (detector, segmenter):
+                if stage is not None:
+                    stage.threads.n = cfg.torch_threads
         on_cpu = str(cfg.device).strip().lower() == "cpu" or not _cuda_available()
         return cls(
             detector,  # type: ignore[arg-type]
             segmenter,  # type: ignore[arg-type]
             cls.build_polygonizer(cfg),
-            threads=cfg.torch_threads or usable_cores(),
             det_batch=1 if on_cpu else cfg.batch_size,
         )
 
@@ -165,17 +147,16 @@ class Stages:
     def _models(self, decoded: Sequence[DecodedImage]) -> list[InferredImage]:
         images = [d.image_bgr for d in decoded]
         n = len(images)
-        with torch_threads(self.threads):
-            t0 = time.perf_counter()
-            dets = self._detect(images)
-            t1 = time.perf_counter()
-            insts = self.segmenter(images, dets)
-            t2 = time.perf_counter()
+        t0 = time.perf_counter()
+        dets = self.detect(images)
+        t1 = time.perf_counter()
+        insts = self.segmenter(images, dets)
+        t2 = time.perf_counter()
         secs = {"detect": (t1 - t0) / n, "segment": (t2 - t1) / n}
         return [InferredImage(d.item, d.image_hw, i, dict(secs)) for d, i in zip(decoded, insts)]
 
 
-    def _detect(self, images: Sequence):
+    def detect(self, images: Sequence) -> list[Detections]:
         """Detector calls of exactly ``det_batch`` same-shape images each (the last padded with copies).
 
         Batched convolutions round differently for different batch sizes (YOLO confidences moved in the 7th

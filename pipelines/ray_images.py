@@ -474,26 +474,9 @@ def _polygon_stages(cfg: AnnotateConfig) -> Stages:
     key = cfg.model_dump_json()
     stages = _POLYGON_STAGES.get(key)
     if stages is None:
-        stages = Stages(detector=None, segmenter=None, polygonizer=_build_polygonizer(cfg))  # type: ignore[arg-type]
+        stages = Stages(detector=None, segmenter=None, polygonizer=Stages.build_polygonizer(cfg))  # type: ignore[arg-type]
         _POLYGON_STAGES[key] = stages
     return stages
-
-
-def _build_polygonizer(cfg: AnnotateConfig):
-    """The polygonizer ``Stages.build`` makes, without loading the models."""
-    builder = getattr(Stages, "build_polygonizer", None)
-    if builder is not None:
-        return builder(cfg)
-    from annotator.polygons import Polygonizer  # mirror of Stages.build until it offers build_polygonizer
-
-    compat = cfg.compat == "ultralytics"
-    return Polygonizer(
-        tolerance_px=cfg.simplify_tolerance_px,
-        min_area_px=cfg.min_area_px,
-        multipart="largest" if cfg.multipart == "largest" else "all",
-        with_rle=cfg.writes_coco and cfg.coco_segmentation == "rle",
-        compat="ultralytics" if compat else "none",
-    )
 
 
 def _polygonize_rows(table, cfg: AnnotateConfig):
@@ -519,32 +502,15 @@ def _polygonize_rows(table, cfg: AnnotateConfig):
 class _ModelActor:
     """Base of the model UDFs: build the stages once per actor.
 
-    Torch's CPU thread count is the stages' own (``cfg.torch_threads``, default all usable cores of the
-    node), as in the local engine: CPU results depend on it.
+    Torch's CPU thread count is the model stages' own (``TorchThreads``, set from ``cfg.torch_threads``),
+    as in the local engine: CPU results depend on it.
     """
 
     parts: tuple[str, ...] = ("detector", "segmenter")
 
     def __init__(self, cfg: AnnotateConfig, models: ResolvedModels, factory: StagesFactory | None):
         self.cfg = cfg
-        self.stages = factory(cfg, models) if factory is not None else _build_stages(cfg, models, self.parts)
-
-    def model_threads(self):
-        """The context ``Stages`` runs its models in (its torch thread count), for split-mode direct calls."""
-        from annotator import stages as stages_module
-
-        pin = getattr(stages_module, "torch_threads", None)
-        n = getattr(self.stages, "threads", None)
-        return pin(n) if pin is not None and n else contextlib.nullcontext()
-
-
-def _build_stages(cfg: AnnotateConfig, models: ResolvedModels, parts: tuple[str, ...]) -> Stages:
-    """``Stages.build``; loads only ``parts`` when it accepts them (else both models)."""
-    import inspect
-
-    if "parts" in inspect.signature(Stages.build).parameters:
-        return Stages.build(cfg, models, parts=parts)  # type: ignore[call-arg]
-    return Stages.build(cfg, models)
+        self.stages = factory(cfg, models) if factory is not None else Stages.build(cfg, models, parts=self.parts)
 
 
 class _FusedInfer(_ModelActor):
@@ -597,10 +563,9 @@ class _DetectActor(_ModelActor):
         decoded = [x for x in xs if isinstance(x, DecodedImage)]
         if not decoded:
             return xs
-        with self.model_threads():
-            t0 = time.perf_counter()
-            dets = self.stages.detector([d.image_bgr for d in decoded])
-            per = (time.perf_counter() - t0) / len(decoded)
+        t0 = time.perf_counter()
+        dets = self.stages.detect([d.image_bgr for d in decoded])
+        per = (time.perf_counter() - t0) / len(decoded)
         it = iter(dets)
         return [(x, next(it), per) if isinstance(x, DecodedImage) else x for x in xs]
 
@@ -624,10 +589,9 @@ class _SegmentActor(_ModelActor):
         todo = [x for x in xs if isinstance(x, tuple)]
         if not todo:
             return xs
-        with self.model_threads():
-            t0 = time.perf_counter()
-            insts = self.stages.segmenter([d.image_bgr for d, _, _ in todo], [det for _, det, _ in todo])
-            per = (time.perf_counter() - t0) / len(todo)
+        t0 = time.perf_counter()
+        insts = self.stages.segmenter([d.image_bgr for d, _, _ in todo], [det for _, det, _ in todo])
+        per = (time.perf_counter() - t0) / len(todo)
         done = {
             id(t): InferredImage(t[0].item, t[0].image_hw, i, {"detect": t[2], "segment": per})
             for t, i in zip(todo, insts)
