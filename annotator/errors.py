@@ -21,3 +21,28 @@ class WeightsNotFoundError(AnnotatorError, FileNotFoundError):
 
 class ModelLoadError(AnnotatorError):
     """A weight file exists but can not be loaded as the expected kind of model."""
+
+
+class OutputError(AnnotatorError):
+    """The output folder could not be written (disk full, read-only, permission, a link inside it).
+
+    The run stops at once: every file written before is complete and recorded, so the same command resumes
+    once the cause is fixed. The CLI exits with ``EXIT_OUTPUT_ERROR`` (3), distinct from "some inputs failed".
+    """
+
+
+def describe_os_error(e: OSError, path: object = None) -> str:
+    """``"<path>: <strerror> (<ERRNO NAME>)"`` for an ``OSError``, one line.
+
+    Example:
+        >>> import errno
+        >>> describe_os_error(OSError(errno.ENOSPC, "No space left on device"), "/out/a.txt")
+        '/out/a.txt: No space left on device (ENOSPC)'
+    """
+    import errno as _errno
+
+    where = path if path is not None else (e.filename if getattr(e, "filename", None) else None)
+    name = _errno.errorcode.get(e.errno or -1, "")
+    cause = (e.strerror or str(e) or type(e).__name__).strip().splitlines()[0]
+    code = f" ({name})" if name else ""
+    return f"{where}: {cause}{code}" if where is not None else f"{cause}{code}"

@@ -6,7 +6,8 @@ image with ``.txt``; one row per instance ``class x1 y1 x2 y2 ...``, ``x`` divid
 file (so "no objects" is told apart from "not labelled"). An instance with several parts is written as one
 polygon, the parts joined by zero-width bridges exactly as Ultralytics' ``merge_multi_segment`` does, or as
 its largest part only. With ``with_conf`` a detector confidence is appended (a prediction file, the layout
-of Ultralytics' ``save_txt(save_conf=True)``: not a training label).
+of Ultralytics' ``save_txt(save_conf=True)``: not a training label; the dataset writer never uses it, it
+keeps confidences in ``scores.csv`` and COCO).
 
 Example:
     >>> import numpy as np
@@ -213,9 +214,13 @@ def data_yaml_text(
     return yaml.safe_dump(doc, sort_keys=False, allow_unicode=True, default_flow_style=False)
 
 
-def write_yolo_labels(path: str | os.PathLike, lines: Sequence[str]) -> None:
-    """Write label rows to ``path`` atomically, one per line; an empty list writes an empty file."""
+def write_yolo_labels(path: str | os.PathLike, lines: Sequence[str], *, root: str | os.PathLike | None = None) -> bool:
+    """Write label rows to ``path`` atomically, one per line; an empty list writes an empty file.
+
+    ``root`` is the output folder: no folder below it may be a link (see :mod:`annotator.io_atomic`).
+    Returns False when the file already held these rows (it is then left untouched).
+    """
     bad = [ln for ln in lines if "\n" in ln or "\r" in ln]
     if bad:
         raise ValueError(f"label rows must not contain newlines, got {bad[0][:80]!r}")
-    atomic_write_text(path, "".join(f"{ln}\n" for ln in lines))
+    return atomic_write_text(path, "".join(f"{ln}\n" for ln in lines), root=root)

@@ -7,6 +7,8 @@ import os
 import cv2
 import numpy as np
 import pytest
+
+from annotator.errors import OutputError
 import yaml
 
 from annotator.formats.yolo import (
@@ -229,6 +231,6 @@ def test_atomic_writer_keeps_the_old_file_on_error(tmp_path):
     assert target.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["f.bin"]
     atomic_write_text(target, "new ✓")
     assert target.read_text(encoding="utf-8") == "new ✓"
-    with pytest.raises(IsADirectoryError):
+    with pytest.raises(OutputError, match="is a folder"):
         atomic_write_text(tmp_path, "x")
     assert [p.name for p in tmp_path.iterdir()] == ["f.bin"]
