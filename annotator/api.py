@@ -53,7 +53,8 @@ def auto_annotate(
         sam_model: ``sam_b/l/h``, ``mobile_sam``, ``sam2_t/s/b/l``, ``sam2.1_t/s/b/l`` (``.pt``), name or path.
         device: ``""`` (auto), ``"cpu"``, ``"0"``, ``"cuda:1"``...
         conf, iou, imgsz, max_det, classes: detector settings, as in Ultralytics.
-        output_dir: default: ``labels/`` beside an ``images/`` folder, else ``<data>_auto_annotate_labels``.
+        output_dir: default: ``labels/`` beside an ``images/`` folder (labels go straight in it), else
+            ``<data>_auto_annotate_labels``, made a dataset root: ``labels/``, ``images/`` (links), ``data.yaml``.
         format: ``"yolo"``, ``"coco"`` or ``"both"``.
         **options: any other field of :class:`annotator.config.AnnotateConfig` (``save_conf``, ``multipart``,
             ``coco_segmentation``, ``simplify_tolerance_px``, ``weights_dir``, ``engine``, ``batch_size``...).
@@ -90,6 +91,7 @@ def run(cfg: AnnotateConfig, *, on_result: Callable | None = None, engine_option
     lock, clean temp files a killed run left, scan the inputs, plan the work against the ledger (only new,
     modified or re-configured inputs are processed), hand the work to the engine, write ``run_report.json``.
     """
+    from annotator.io_atomic import ensure_real_dir
     from annotator.ledger import Ledger
     from annotator.lock import OutputLock
     from annotator.output import remove_stale_temp_files
@@ -104,9 +106,9 @@ def run(cfg: AnnotateConfig, *, on_result: Callable | None = None, engine_option
     except ValueError as e:
         raise ConfigError(str(e)) from None
     runner = _engine(cfg.engine)
-    Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+    ensure_real_dir(cfg.output_dir)
     with OutputLock(cfg.output_dir):
-        remove_stale_temp_files(Path(cfg.output_dir))
+        remove_stale_temp_files(Path(cfg.output_dir), skip=[cfg.data if cfg.data.is_dir() else cfg.data.parent])
         ledger = Ledger(Path(cfg.output_dir))
         try:
             plan = plan_work(cfg, models, scan, ledger, weight_hashes)
@@ -137,7 +139,8 @@ def _nothing_to_process(cfg: AnnotateConfig, models, plan) -> RunSummary:
     summary = RunSummary(engine=cfg.engine, output_dir=cfg.output_dir)
     summary.refused = [{"path": p, "reason": r} for p, r in plan.refused]
     summary.label_collisions = sorted(writer.collisions)
-    summary.labels_dir = cfg.output_dir if cfg.writes_yolo else None
+    summary.labels_dir = cfg.labels_dir if cfg.writes_yolo else None
+    summary.scores_csv = writer.scores_path
     summary.data_yaml = writer.data_yaml_path
     summary.coco_json = writer.coco_path
     return summary
@@ -161,7 +164,7 @@ def _write_report(cfg: AnnotateConfig, models, plan, summary: RunSummary) -> Non
         "summary": summary.to_dict(),
     }
     path = Path(cfg.output_dir) / "run_report.json"
-    atomic_write_text(path, json.dumps(report, indent=2, default=str) + "\n")
+    atomic_write_text(path, json.dumps(report, indent=2, default=str) + "\n", root=cfg.output_dir)
     summary.report_json = path
 
 

@@ -7,14 +7,20 @@
 Settings come from, lowest to highest priority: defaults, ``--config`` file, command-line flags.
 
 Exit codes (for schedulers):
-    0  every input went through (annotated or empty);
-    1  some inputs failed (more than ``--max-failures``, default 0); the outputs of the others are written;
-    2  the run was unusable: bad argument or config, missing weights, no images (one line on stderr).
+    0    every input went through (annotated or empty);
+    1    some inputs failed (more than ``--max-failures``, default 0); the outputs of the others are written;
+    2    the run was unusable: bad argument or config, missing or unsafe weights, no images, output folder in
+         use (one line on stderr);
+    3    the output could not be written (disk full, read-only, permission, a link inside the output folder):
+         one line naming the path and the cause; what was written is complete, the same command resumes;
+    130  interrupted by SIGINT (Ctrl-C), 143 by SIGTERM: stopped after the image in flight, the same command
+         resumes.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from collections.abc import Sequence
@@ -23,6 +29,39 @@ from typing import Any
 EXIT_OK = 0
 EXIT_SOME_FAILED = 1
 EXIT_UNUSABLE = 2
+EXIT_OUTPUT_ERROR = 3
+EXIT_SIGINT = 130
+EXIT_SIGTERM = 143
+
+
+class _IntsThenData(argparse.Action):
+    """``--classes 0 2 DATA``: take the leading integers (or ``0,2``) as class ids; a trailing non-integer is
+    DATA, not an error, so the flag can come before the positional argument as users type it."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        ids: list[int] = []
+        rest: list[str] = []
+        for v in values:
+            parts = [x for x in str(v).split(",") if x.strip()]
+            if not rest and parts and all(_is_int(x) for x in parts):
+                ids += [int(x) for x in parts]
+            else:
+                rest.append(v)
+        if not ids:
+            parser.error(f"{option_string} needs at least one integer class id, e.g. {option_string} 0 2")
+        if len(rest) > 1 or (rest and getattr(namespace, "data", None) is not None):
+            parser.error(f"{option_string} takes integer class ids, got {' '.join(rest)!r}")
+        setattr(namespace, self.dest, ids)
+        if rest:
+            namespace.data = rest[0]
+
+
+def _is_int(x: str) -> bool:
+    try:
+        int(x)
+        return True
+    except ValueError:
+        return False
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -41,18 +80,24 @@ def _add_annotate_args(p: argparse.ArgumentParser) -> None:
     m.add_argument("--sam-model", dest="sam_model", default=S, help="SAM/SAM 2 name or path (default sam2_b.pt)")
     m.add_argument("--weights-dir", dest="weights_dir", default=S, help="folder with weight files ($ANNOTATOR_WEIGHTS_DIR)")
     m.add_argument("--device", default=S, help="'' auto, cpu, 0, cuda:1 ...")
+    m.add_argument(
+        "--trust-weights", dest="trust_weights", action="store_true", default=S,
+        help="load weight files that pickle objects outside the safe allow-list (runs their code)",
+    )
     d = p.add_argument_group("detector")
     d.add_argument("--conf", type=float, default=S, help="confidence threshold in [0, 1] (default 0.25)")
     d.add_argument("--iou", type=float, default=S, help="NMS IoU threshold in [0, 1] (default 0.45)")
     d.add_argument("--imgsz", type=int, default=S, help="input size, a multiple of 32 (default 640)")
     d.add_argument("--max-det", dest="max_det", type=int, default=S, help="max detections per image (default 300)")
-    d.add_argument("--classes", type=int, nargs="+", default=S, help="keep only these class ids, e.g. --classes 0 2")
+    d.add_argument(
+        "--classes", nargs="+", action=_IntsThenData, default=S, help="keep only these class ids, e.g. --classes 0 2"
+    )
     d.add_argument("--sam-min-score", dest="sam_min_score", type=float, default=S, help="drop masks with SAM score <= this (0.25)")
     o = p.add_argument_group("output")
     o.add_argument("--output-dir", dest="output_dir", default=S, help="default: labels/ beside images/, else <data>_auto_annotate_labels")
     o.add_argument("--format", choices=["yolo", "coco", "both"], default=S, help="default yolo")
     o.add_argument("--coco-segmentation", dest="coco_segmentation", choices=["polygon", "rle"], default=S)
-    o.add_argument("--save-conf", dest="save_conf", action="store_true", default=S, help="append detector conf to YOLO rows")
+    o.add_argument("--save-conf", dest="save_conf", action="store_true", default=S, help="also write scores.csv (conf per label row)")
     o.add_argument("--multipart", choices=["join", "largest"], default=S, help="several-part masks in YOLO rows")
     o.add_argument("--simplify-tolerance-px", dest="simplify_tolerance_px", type=float, default=S)
     o.add_argument("--min-area-px", dest="min_area_px", type=float, default=S)
@@ -77,7 +122,10 @@ def _add_annotate_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from annotator import __version__
+
     parser = _OneLineParser(prog="annotator", description="YOLO boxes -> SAM 2 masks -> YOLO-seg labels / COCO JSON")
+    parser.add_argument("--version", action="version", version=f"annotator {__version__}")
     sub = parser.add_subparsers(dest="command", parser_class=_OneLineParser)
     ann = sub.add_parser("annotate", help="annotate a folder of images")
     _add_annotate_args(ann)
@@ -109,7 +157,7 @@ def _settings(ns: argparse.Namespace) -> dict[str, Any]:
 def cmd_annotate(ns: argparse.Namespace) -> int:
     from annotator.api import run
     from annotator.config import make_config
-    from annotator.errors import AnnotatorError
+    from annotator.errors import AnnotatorError, OutputError, describe_os_error
 
     try:
         settings = _settings(ns)
@@ -117,16 +165,71 @@ def cmd_annotate(ns: argparse.Namespace) -> int:
             raise AnnotatorError("no input: pass DATA (a folder of images) or set 'data' in the --config file")
         settings.setdefault("progress", not ns.quiet and sys.stderr.isatty())
         cfg = make_config(**settings)
-        summary = run(cfg)
+        with _stop_on_signals() as stopped:
+            summary = run(cfg)
+    except Interrupted as e:
+        print(
+            f"annotator: interrupted by {e.signame}: stopped after the image in flight; every finished image is "
+            f"written and recorded: run the same command to resume",
+            file=sys.stderr,
+        )
+        return EXIT_SIGTERM if e.signame == "SIGTERM" else EXIT_SIGINT
+    except OutputError as e:
+        print(f"annotator: error: {e}; fix that and run the same command to resume", file=sys.stderr)
+        return EXIT_OUTPUT_ERROR
     except AnnotatorError as e:
         print(f"annotator: error: {e}", file=sys.stderr)
         return EXIT_UNUSABLE
+    except OSError as e:  # an I/O fault outside our writers (e.g. the output folder's own mkdir)
+        print(f"annotator: error: {describe_os_error(e)}; fix that and run the same command to resume", file=sys.stderr)
+        return EXIT_OUTPUT_ERROR
+    del stopped
     if ns.json:
         print(json.dumps(summary.to_dict(), indent=2, default=str))
     else:
         _print_summary(summary)
     print(summary.one_line(), file=sys.stderr if ns.json else sys.stdout)
     return EXIT_SOME_FAILED if summary.failed > ns.max_failures else EXIT_OK
+
+
+class Interrupted(BaseException):
+    """SIGINT / SIGTERM during a run (a BaseException, like KeyboardInterrupt, so no handler swallows it)."""
+
+    def __init__(self, signame: str) -> None:
+        super().__init__(signame)
+        self.signame = signame
+
+
+@contextlib.contextmanager
+def _stop_on_signals():
+    """Turn SIGINT and SIGTERM into :class:`Interrupted` in the main thread while a run is active.
+
+    The engines stop handing out work when it propagates; files are written atomically and recorded one by
+    one, so whatever finished is kept and the next run resumes from there. A second signal while stopping
+    is ignored (the first one's stop is already under way).
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield None
+        return
+    fired: list[str] = []
+
+    def handler(signum, frame):
+        if fired:
+            return
+        fired.append(signal.Signals(signum).name)
+        raise Interrupted(fired[0])
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield fired
+    except KeyboardInterrupt:  # raised by a library's own SIGINT handling (e.g. Ray's)
+        raise Interrupted(fired[0] if fired else "SIGINT") from None
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
 
 
 def _print_summary(s) -> None:
@@ -151,16 +254,20 @@ def _print_summary(s) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    ns = parser.parse_args(argv)
-    if ns.command == "annotate":
-        return cmd_annotate(ns)
-    if ns.command == "bench":
-        from annotator.bench import cmd_bench
+    try:
+        parser = build_parser()
+        ns = parser.parse_args(argv)
+        if ns.command == "annotate":
+            return cmd_annotate(ns)
+        if ns.command == "bench":
+            from annotator.bench import cmd_bench
 
-        return cmd_bench(ns)
-    parser.print_help()
-    return EXIT_UNUSABLE
+            return cmd_bench(ns)
+        parser.print_help()
+        return EXIT_UNUSABLE
+    except (KeyboardInterrupt, Interrupted):  # Ctrl-C before or after a run (imports, model loading)
+        print("annotator: interrupted: nothing half-written; run the same command to resume", file=sys.stderr)
+        return EXIT_SIGINT
 
 
 if __name__ == "__main__":  # pragma: no cover

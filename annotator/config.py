@@ -55,7 +55,11 @@ class AnnotateConfig(BaseModel):
     coco_segmentation: Literal["polygon", "rle"] = Field(
         "polygon", description="COCO segmentation as polygons, or RLE (exact mask, keeps holes)"
     )
-    save_conf: bool = Field(False, description="append the detector confidence to each YOLO row")
+    save_conf: bool = Field(
+        False,
+        description="also write scores.csv: detector confidence and SAM score of every YOLO label row (label files "
+        "stay trainable; COCO always carries them as 'score' and 'sam_score')",
+    )
     multipart: Literal["join", "largest"] = Field(
         "join", description="a mask in several parts: join them into one YOLO row as Ultralytics does, or keep the largest"
     )
@@ -87,6 +91,11 @@ class AnnotateConfig(BaseModel):
     )
     min_side_px: int = Field(2, ge=1, description="refuse images with a side shorter than this")
     progress: bool = Field(False, description="show a progress bar")
+    trust_weights: bool = Field(
+        False,
+        description="load weight files that pickle Python objects outside the safe allow-list (runs their code: only "
+        "for files you trust)",
+    )
 
     # -- Ray engine (engine: ray); None = the default in pipelines/resources.py:RayResources ---------------
     ray_address: str | None = Field(None, description="cluster to join: 'auto' or 'ray://host:10001'; None: local")
@@ -160,7 +169,7 @@ class AnnotateConfig(BaseModel):
     @field_validator("data")
     @classmethod
     def _data_exists(cls, v: Path) -> Path:
-        p = Path(os.path.expanduser(str(v))).absolute()
+        p = Path(os.path.normpath(Path(os.path.expanduser(str(v))).absolute()))
         if not p.exists():
             raise ValueError(f"{p} does not exist: pass a folder of images, an image, or a .txt list of images")
         return p
@@ -170,7 +179,7 @@ class AnnotateConfig(BaseModel):
         out = self.output_dir
         if out is None:
             out = default_output_dir(self.data)
-        out = Path(os.path.expanduser(str(out))).absolute()
+        out = Path(os.path.normpath(Path(os.path.expanduser(str(out))).absolute()))
         data_dir = self.data if self.data.is_dir() else self.data.parent
         if out == Path(out.anchor):
             raise ValueError(f"output_dir must not be a file-system root ({out})")
@@ -179,6 +188,14 @@ class AnnotateConfig(BaseModel):
         if out.exists() and not out.is_dir():
             raise ValueError(f"output_dir {out} exists and is not a folder")
         object.__setattr__(self, "output_dir", out)
+        if not self.is_sibling_layout:
+            for sub in (self.labels_dir, self.image_links_dir):
+                if self.data == sub or sub in self.data.parents:
+                    raise ValueError(
+                        f"the input {self.data} lies in {sub}, where this run writes the dataset's "
+                        f"{sub.name}/: choose another output_dir (the default for a folder named 'images' is the "
+                        f"sibling 'labels' folder)"
+                    )
         wd = self.weights_dir if self.weights_dir is not None else os.environ.get(WEIGHTS_DIR_ENV) or None
         object.__setattr__(self, "weights_dir", Path(wd).expanduser().absolute() if wd else None)
         return self
@@ -191,6 +208,24 @@ class AnnotateConfig(BaseModel):
     @property
     def writes_coco(self) -> bool:
         return self.format in ("coco", "both")
+
+    # -- output layout (see annotator/output.py) ------------------------------------------------------------
+    @property
+    def is_sibling_layout(self) -> bool:
+        """True when ``data`` is a folder ``X/images`` and ``output_dir`` is ``X/labels``: labels go straight
+        into ``output_dir`` and the input folder is the dataset's ``images/``. Otherwise ``output_dir`` becomes
+        a dataset root holding ``labels/`` and ``images/`` (links to the inputs)."""
+        return self.data.is_dir() and self.data.name == "images" and self.output_dir == self.data.parent / "labels"
+
+    @property
+    def labels_dir(self) -> Path:
+        """Where the YOLO label files go: ``output_dir`` (sibling layout) or ``output_dir/labels``."""
+        return self.output_dir if self.is_sibling_layout else self.output_dir / "labels"
+
+    @property
+    def image_links_dir(self) -> Path:
+        """Where links to the labelled inputs go (dataset layout): ``output_dir/images``."""
+        return self.output_dir / "images"
 
 
 def default_output_dir(data: Path) -> Path:
@@ -241,11 +276,29 @@ def describe_validation_error(e: ValidationError) -> str:
     return "; ".join(parts)
 
 
+#: settings that are paths: relative values in a config file are taken relative to that file's folder.
+_PATH_SETTINGS = ("data", "output_dir", "weights_dir")
+#: settings that are a weight *name* (downloaded by name) or a path: resolved against the file's folder when
+#: they contain a folder part or name a file that exists there.
+_WEIGHT_SETTINGS = ("det_model", "sam_model")
+
+
 def load_config_file(path: str | Path) -> dict[str, Any]:
     """Read a YAML config file into a dict of settings (validated later by :func:`make_config`).
 
-    Relative paths inside the file (``data``, ``output_dir``, ``weights_dir``) are taken relative to the
-    current directory, as on the command line.
+    Relative paths inside the file are taken relative to the file's folder, so a config works from any
+    current directory (a cron job, a CI step): ``data``, ``output_dir``, ``weights_dir`` always; ``det_model``
+    and ``sam_model`` when they contain a folder (``models/best.pt``) or name a file beside the config; a bare
+    published name such as ``yolo11x.pt`` stays a name (looked up in ``weights_dir`` / downloaded).
+    Flags given on the command line are taken relative to the current directory, as usual.
+
+    Example:
+        >>> import tempfile
+        >>> d = Path(tempfile.mkdtemp())
+        >>> _ = (d / "job.yaml").write_text("data: images\\nsam_model: sam2_b.pt\\n")
+        >>> s = load_config_file(d / "job.yaml")
+        >>> s["data"] == str(d / "images"), s["sam_model"]
+        (True, 'sam2_b.pt')
     """
     import yaml
 
@@ -256,6 +309,18 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"config file {p} is not valid YAML: {str(e).splitlines()[0]}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config file {p} can not be read ({type(e).__name__}: {e})") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {p} must hold a mapping of setting: value, got {type(raw).__name__}")
+    base = p.absolute().parent
+    for key in _PATH_SETTINGS:
+        v = raw.get(key)
+        if isinstance(v, str) and v and not Path(os.path.expanduser(v)).is_absolute():
+            raw[key] = os.path.normpath(base / v)
+    for key in _WEIGHT_SETTINGS:
+        v = raw.get(key)
+        if isinstance(v, str) and v and not Path(os.path.expanduser(v)).is_absolute():
+            if len(Path(v).parts) > 1 or (base / v).is_file():
+                raw[key] = os.path.normpath(base / v)
     return raw

@@ -157,8 +157,9 @@ class Ledger:
     """
 
     def __init__(self, output_dir: Path) -> None:
-        self.dir = Path(output_dir) / LEDGER_DIRNAME
-        self.dir.mkdir(parents=True, exist_ok=True)
+        from annotator.io_atomic import ensure_real_dir
+
+        self.dir = ensure_real_dir(Path(output_dir) / LEDGER_DIRNAME, output_dir)
         self.path = self.dir / LEDGER_FILENAME
         try:
             self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -166,11 +167,7 @@ class Ledger:
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.executescript(_SCHEMA)
         except sqlite3.DatabaseError as e:
-            from annotator.errors import AnnotatorError
-
-            raise AnnotatorError(
-                f"ledger {self.path} is unreadable ({e}); move it away to start the output folder afresh"
-            ) from None
+            raise ledger_error(e, self.path) from None
 
     # -- reads ------------------------------------------------------------------------------------------------
     def get(self, rel_path: str) -> LedgerRow | None:
@@ -191,10 +188,19 @@ class Ledger:
         return row[0] if row else None
 
     # -- writes (each commits at once) ----------------------------------------------------------------------------
+    def _write(self, sql: str, params) -> None:
+        try:
+            if isinstance(params, list):
+                self.db.executemany(sql, params)
+            else:
+                self.db.execute(sql, params)
+        except sqlite3.Error as e:
+            raise ledger_error(e, self.path) from None
+
     def record(self, result: ImageResult, stat: FileStat, model_fp: str) -> None:
         h, w = result.image_hw if result.image_hw else (None, None)
         processed = result.status in (ImageStatus.OK, ImageStatus.EMPTY)
-        self.db.execute(
+        self._write(
             "INSERT OR REPLACE INTO items (rel_path, size, mtime_ns, sha256, model_fp, status, reason, instances,"
             " seconds, image_h, image_w, result_json, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
@@ -215,16 +221,46 @@ class Ledger:
         )
 
     def forget(self, rel_paths: Iterable[str]) -> None:
-        self.db.executemany("DELETE FROM items WHERE rel_path = ?", [(p,) for p in rel_paths])
+        self._write("DELETE FROM items WHERE rel_path = ?", [(p,) for p in rel_paths])
 
     def set_meta(self, key: str, value: str) -> None:
-        self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+        """Store ``value`` under ``key`` (no write at all when it is already stored: no-op runs touch nothing)."""
+        if self.meta(key) != value:
+            self._write("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
 
     def close(self) -> None:
         try:
             self.db.close()
         except sqlite3.Error:  # pragma: no cover
             pass
+
+
+def ledger_error(e: sqlite3.Error, path: Path) -> Exception:
+    """One-line error for a failing ledger, naming the real cause; only a damaged file is called damaged.
+
+    A full disk, a read-only folder or a permission problem leaves the ledger intact: the message says to
+    fix the cause and re-run, never to delete it.
+    """
+    from annotator.errors import AnnotatorError, OutputError
+
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    low = text.lower()
+    if "not a database" in low or "malformed" in low or "file is encrypted" in low:
+        return AnnotatorError(
+            f"ledger {path} is damaged ({text}): move it away to rebuild the output folder's state from scratch "
+            f"(labels already written are kept and re-annotated)"
+        )
+    if "readonly" in low or "read-only" in low:
+        cause = "the folder or file is read-only"
+    elif "full" in low:
+        cause = "the disk is full"
+    elif "unable to open" in low or "permission" in low or "access" in low:
+        cause = "it can not be opened (permissions?)"
+    elif "locked" in low:
+        cause = "another process holds it"
+    else:
+        cause = "an I/O error"
+    return OutputError(f"cannot write the ledger {path}: {text} ({cause}); it is intact: fix that and re-run")
 
 
 def is_current(row: LedgerRow | None, stat: FileStat, model_fp: str) -> bool:

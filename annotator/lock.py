@@ -18,6 +18,42 @@ class OutputLockedError(AnnotatorError):
     """Another run holds the output folder."""
 
 
+def describe_holder(lock_text: str) -> str:
+    """Who holds the lock, from the PID line the holder wrote: its command line when it is alive here.
+
+    Example:
+        >>> describe_holder("")
+        'another process holds its lock (no PID recorded); wait for it to finish or stop it'
+    """
+    pid_s, _, since = lock_text.partition(" since ")
+    if not pid_s.strip().isdigit():
+        return "another process holds its lock (no PID recorded); wait for it to finish or stop it"
+    pid = int(pid_s)
+    cmd = ""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+        cmd = " ".join(raw.decode(errors="replace").split("\0")).strip()
+    except OSError:
+        pass
+    alive = bool(cmd)
+    if not alive:
+        try:
+            os.kill(pid, 0)
+            alive = True
+        except ProcessLookupError:
+            alive = False
+        except PermissionError:
+            alive = True
+    when = f" since {since.strip()}" if since.strip() else ""
+    if alive:
+        what = f" ({cmd[:160]})" if cmd else ""
+        return f"PID {pid}{what} is running on it{when}; wait for it to finish or stop it (kill {pid})"
+    return (
+        f"its lock is held by a process other than the recorded PID {pid} (which has exited), e.g. a worker "
+        f"it started; find it with 'fuser -v <output>/.annotator/lock' and stop it"
+    )
+
+
 class OutputLock:
     """Context manager holding the output folder's lock.
 
@@ -33,21 +69,29 @@ class OutputLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        from annotator.errors import OutputError, describe_os_error
+        from annotator.io_atomic import ensure_real_dir
+
+        out = self.path.parent.parent
+        ensure_real_dir(self.path.parent, out)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+        except OSError as e:
+            raise OutputError(f"cannot open the output folder's lock {describe_os_error(e, self.path)}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             try:
-                owner = os.read(fd, 200).decode(errors="replace").strip() or "unknown"
+                owner = os.read(fd, 200).decode(errors="replace").strip()
             finally:
                 os.close(fd)
-            raise OutputLockedError(
-                f"output folder {self.path.parent.parent} is locked by PID {owner} (another annotator run); "
-                f"wait for it to finish or stop it"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()} since {time.strftime('%Y-%m-%dT%H:%M:%S')}\n".encode())
+            raise OutputLockedError(f"output folder {out} is in use: {describe_holder(owner)}") from None
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()} since {time.strftime('%Y-%m-%dT%H:%M:%S')}\n".encode())
+        except OSError as e:
+            os.close(fd)
+            raise OutputError(f"cannot write the output folder's lock {describe_os_error(e, self.path)}") from None
         self._fd = fd
 
     def release(self) -> None:

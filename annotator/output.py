@@ -1,20 +1,38 @@
-"""The output tree of a run: mirrored YOLO label files, ``data.yaml`` and the COCO JSON.
+"""The output tree of a run: a YOLO dataset Ultralytics trains on as is, the COCO JSON, and the run's state.
 
-Layout under ``output_dir``::
+Two layouts, chosen by :class:`~annotator.config.AnnotateConfig` (``is_sibling_layout``):
 
-    <rel_dir>/<stem>.txt      one YOLO-seg label file per processed image (empty when no instance)
-    data.yaml                 class names (and train/val paths when the input is an ``images/`` folder)
-    annotations.json          COCO JSON (``format`` coco/both), file_name relative to ``data``
-    run_report.json           settings, model files, counts, timings, failures of the last run
-    .annotator/               the ledger (``ledger.sqlite``) and the lock
+* **sibling** -- ``data`` is a folder ``X/images`` and ``output_dir`` is ``X/labels`` (the default for such a
+  folder): label files go straight into ``X/labels``, mirroring ``X/images``, the layout Ultralytics pairs
+  by path. Every other file written there has a name no label file can take (no ``.txt``)::
 
-Every file is written atomically (temp file + rename), so a re-run replaces, never appends, and a crash
-never leaves a half-written file. Label files are written as results arrive, in any order; the COCO JSON
-is assembled at the end from the ledger, in input order, so its ids never depend on processing order.
+      X/labels/<rel_dir>/<stem>.txt   one label file per labelled image (empty when no instance)
+      X/labels/data.yaml              train/val: labelled_images.list (no ``path``: relative to the yaml)
+      X/labels/labelled_images.list   absolute paths of the images that have a label file (only those train:
+                                      an image that failed, or whose label file two images would share, is
+                                      left out instead of being read as background)
+
+* **dataset** -- anything else (another output folder, a ``.txt`` list, one image): ``output_dir`` becomes a
+  dataset root, with links to the labelled inputs::
+
+      O/labels/<rel_dir>/<stem>.txt   label files
+      O/images/<rel_path>             symbolic links (relative) to the labelled input images, only those
+      O/data.yaml                     train/val: images (no ``path``: relative to the yaml)
+
+Both layouts also hold ``annotations.json`` (COCO, ``format`` coco/both; ``file_name`` relative to the input
+root = to ``images/``), ``scores.csv`` (``save_conf``: detector confidence and SAM score of every label row;
+label files hold only what the trainer reads), ``run_report.json`` and ``.annotator/`` (ledger and lock).
+
+Every file is written atomically (temp file + rename) and only when its bytes change, never through a link
+inside the output folder (:mod:`annotator.io_atomic`). Label files are written as results arrive; the COCO
+JSON, the list and ``scores.csv`` are assembled at the end from the ledger, in input order, so they never
+depend on processing order.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import time
@@ -24,12 +42,20 @@ from pathlib import Path
 
 from annotator.config import AnnotateConfig
 from annotator.formats.coco import CocoJsonWriter, coco_categories
-from annotator.formats.yolo import data_yaml_text, instances_to_yolo_lines, write_yolo_labels, yolo_label_relpath
-from annotator.io_atomic import atomic_write_text
+from annotator.formats.yolo import (
+    data_yaml_text,
+    instances_to_yolo_lines,
+    polygons_to_yolo_xy,
+    write_yolo_labels,
+    yolo_label_relpath,
+)
+from annotator.io_atomic import atomic_symlink, atomic_write_text, ensure_real_dir, is_own_temp_name, remove_file
 from annotator.ledger import FileStat, instances_from_json
 from annotator.records import ImageResult, ImageStatus, SourceItem
 
 _PROCESSED = (ImageStatus.OK.value, ImageStatus.EMPTY.value)
+LIST_FILENAME = "labelled_images.list"
+SCORES_FILENAME = "scores.csv"
 
 
 def label_collisions(items: Sequence[SourceItem]) -> set[str]:
@@ -45,12 +71,18 @@ def label_collisions(items: Sequence[SourceItem]) -> set[str]:
     return {p for paths in by_label.values() if len(paths) > 1 for p in paths}
 
 
-def remove_stale_temp_files(output_dir: Path) -> int:
-    """Delete temp files our atomic writers left behind when a run was killed (``.*.tmp``). Returns the count."""
+def remove_stale_temp_files(output_dir: Path, *, skip: Sequence[Path] = ()) -> int:
+    """Delete the temp files our atomic writers left when a run was killed. Returns the count.
+
+    Only names :func:`annotator.io_atomic.is_own_temp_name` recognises are removed; folders in ``skip`` (the
+    input tree, when it lies inside the output folder) and symbolic links to folders are not entered.
+    """
+    skip_real = {os.path.realpath(p) for p in skip}
     n = 0
-    for root, dirs, files in os.walk(output_dir):
+    for root, dirs, files in os.walk(output_dir):  # followlinks=False: links to folders are not entered
+        dirs[:] = [d for d in dirs if os.path.realpath(os.path.join(root, d)) not in skip_real]
         for f in files:
-            if f.startswith(".") and f.endswith(".tmp"):
+            if is_own_temp_name(f):
                 try:
                     os.unlink(os.path.join(root, f))
                     n += 1
@@ -79,12 +111,16 @@ def names_from_ledger(plan) -> dict[int, str] | None:
 
 
 class DatasetWriter:
-    """Write each image's result as it comes (any order), then ``data.yaml`` and COCO on :meth:`close`.
+    """Write each image's result as it comes (any order), then ``data.yaml``, lists and COCO on :meth:`close`.
 
     Args:
-        cfg: the run's settings (output_dir, format, multipart, save_conf, coco options).
+        cfg: the run's settings (output_dir and layout, format, multipart, save_conf, coco options).
         names: detector class id -> name.
         plan: the run's :class:`annotator.workplan.WorkPlan` (all inputs, ledger, fingerprints).
+
+    Raises:
+        annotator.errors.OutputError: from any method, when a file can not be written (disk full, read-only,
+            a link inside the output folder); everything written before is complete and recorded.
     """
 
     def __init__(self, cfg: AnnotateConfig, names: dict[int, str], plan) -> None:
@@ -93,7 +129,9 @@ class DatasetWriter:
         self.plan = plan
         self.ledger = plan.ledger
         self.out = Path(cfg.output_dir)
-        self.out.mkdir(parents=True, exist_ok=True)
+        self.labels = cfg.labels_dir
+        self.links = None if cfg.is_sibling_layout else cfg.image_links_dir
+        ensure_real_dir(self.out)
         self.collisions = label_collisions(plan.all_items) if cfg.writes_yolo else set()
         self.seconds = 0.0
 
@@ -105,8 +143,15 @@ class DatasetWriter:
     def data_yaml_path(self) -> Path | None:
         return self.out / "data.yaml" if self.cfg.writes_yolo else None
 
+    @property
+    def scores_path(self) -> Path | None:
+        return self.out / SCORES_FILENAME if self.cfg.writes_yolo and self.cfg.save_conf else None
+
     def label_path(self, rel_path: str) -> Path:
-        return self.out / yolo_label_relpath(rel_path)
+        return self.labels / yolo_label_relpath(rel_path)
+
+    def link_path(self, rel_path: str) -> Path | None:
+        return None if self.links is None else self.links / rel_path
 
     # -- per image ----------------------------------------------------------------------------------------------
     def write(self, result: ImageResult) -> None:
@@ -115,34 +160,42 @@ class DatasetWriter:
         rel = result.item.rel_path
         processed = result.status.value in _PROCESSED and result.image_hw is not None
         if processed:
-            self._write_yolo(rel, result.image_hw, result.instances)
+            self._write_yolo(result.item, result.image_hw, result.instances)
         else:
             self._remove_label(rel)  # an image that fails now must not keep labels of an older version
         stat = self.plan.stats.get(rel) or FileStat(-1, -1)
         self.ledger.record(result, stat, self.plan.model_fp)
         self.seconds += time.perf_counter() - t0
 
-    def _write_yolo(self, rel: str, image_hw, instances) -> None:
-        if not self.cfg.writes_yolo or rel in self.collisions:
+    def _labelled(self, rel: str) -> bool:
+        return self.cfg.writes_yolo and rel not in self.collisions
+
+    def _write_yolo(self, item: SourceItem, image_hw, instances) -> None:
+        rel = item.rel_path
+        if not self._labelled(rel):
             self._remove_label(rel)
             return
-        lines = instances_to_yolo_lines(instances, image_hw, multipart=self.cfg.multipart, with_conf=self.cfg.save_conf)
-        write_yolo_labels(self.label_path(rel), lines)
+        lines = instances_to_yolo_lines(instances, image_hw, multipart=self.cfg.multipart)
+        write_yolo_labels(self.label_path(rel), lines, root=self.out)
+        link = self.link_path(rel)
+        if link is not None:
+            atomic_symlink(os.path.relpath(item.path, link.parent), link, root=self.out)
 
     def _remove_label(self, rel: str) -> None:
         try:
-            self.label_path(rel).unlink()
-        except FileNotFoundError:
-            pass
+            label, link = self.label_path(rel), self.link_path(rel)
         except ValueError:  # a rel_path that can't map to a label path: nothing was written for it
-            pass
+            return
+        remove_file(label)
+        if link is not None:
+            remove_file(link)
 
     # -- run level ----------------------------------------------------------------------------------------------
     def reconcile(self) -> int:
-        """Bring unchanged inputs' label files in line with the current settings, from the ledger; drop deleted ones.
+        """Bring unchanged inputs' files in line with the current settings, from the ledger; drop deleted ones.
 
-        Runs before the engine. Rewrites a label file only when the output settings changed, the file is
-        missing, or its collision state changed; never runs a model. Returns the number of files touched.
+        Runs before the engine. Rewrites a label file only when the output settings changed, the file (or its
+        image link) is missing, or its collision state changed; never runs a model. Returns files touched.
         """
         touched = 0
         output_changed = self.ledger.meta("output_fp") != self.plan.output_fp
@@ -154,14 +207,13 @@ class DatasetWriter:
             row = self.ledger.get(rel)
             if row is None or row.status not in _PROCESSED:
                 continue
-            path = self.label_path(rel)
-            want_file = self.cfg.writes_yolo and rel not in self.collisions
-            if not want_file:
-                if path.exists():
+            path, link = self.label_path(rel), self.link_path(rel)
+            if not self._labelled(rel):
+                if os.path.lexists(path) or (link is not None and os.path.lexists(link)):
                     self._remove_label(rel)
                     touched += 1
-            elif output_changed or not path.exists():
-                self._write_yolo(rel, row.image_hw, instances_from_json(row.result_json))
+            elif output_changed or not path.exists() or (link is not None and not os.path.lexists(link)):
+                self._write_yolo(it, row.image_hw, instances_from_json(row.result_json))
                 touched += 1
         if self.plan.deleted:
             if not self.cfg.keep_deleted:
@@ -172,31 +224,68 @@ class DatasetWriter:
         return touched
 
     def close(self) -> None:
-        """Write ``data.yaml`` and assemble the COCO JSON from the ledger, in input order."""
+        """Write ``data.yaml`` (+ the list of labelled images), ``scores.csv`` and the COCO JSON, in input order."""
         t0 = time.perf_counter()
+        rows = [(it, self.ledger.get(it.rel_path)) for it in self.plan.all_items]
+        done = [(it, r) for it, r in rows if r is not None and r.status in _PROCESSED and r.image_hw is not None]
         if self.cfg.writes_yolo:
-            data = self.cfg.data
-            kw = {}
-            if data.is_dir() and data.name == "images":
-                kw = {"path": str(data.parent), "train": "images", "val": "images"}
-            atomic_write_text(self.out / "data.yaml", data_yaml_text(self._dense_names(), **kw))
+            self._write_data_yaml([it for it, _ in done if self._labelled(it.rel_path)])
+        self._write_scores(done)
         if self.cfg.writes_coco:
-            self._write_coco()
-        self.ledger.set_meta("output_fp", self.plan.output_fp)
+            self._write_coco(done)
+        if self.ledger.meta("output_fp") != self.plan.output_fp:
+            self.ledger.set_meta("output_fp", self.plan.output_fp)
         self.seconds += time.perf_counter() - t0
 
-    def _write_coco(self) -> None:
+    def _write_data_yaml(self, labelled: list[SourceItem]) -> None:
+        names = self._dense_names()
+        # no 'path:' key: Ultralytics then resolves train/val against data.yaml's own folder (a relative 'path'
+        # would be taken relative to its datasets_dir), so the yaml keeps working when the folder moves
+        if self.links is None:  # sibling layout: X/images + X/labels
+            listing = "".join(f"{(self.cfg.data / it.rel_path).absolute()}\n" for it in labelled)
+            atomic_write_text(self.out / LIST_FILENAME, listing, root=self.out)
+            text = data_yaml_text(names, train=LIST_FILENAME, val=LIST_FILENAME)
+        else:
+            ensure_real_dir(self.links, self.out)  # an empty images/ still makes a valid (empty) dataset
+            text = data_yaml_text(names, train="images", val="images")
+        atomic_write_text(self.out / "data.yaml", text, root=self.out)
+
+    def _write_scores(self, done) -> None:
+        """``scores.csv``: one line per YOLO label row, the same order (``save_conf``)."""
+        path = self.out / SCORES_FILENAME
+        if self.scores_path is None:
+            if self.ledger.meta("scores_csv") == "1":  # written by an earlier run: ours to remove
+                remove_file(path)
+                self.ledger.set_meta("scores_csv", "0")
+            return
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["image", "label_file", "row", "class_id", "class_name", "det_conf", "sam_score"])
+        for it, r in done:
+            if not self._labelled(it.rel_path):
+                continue
+            label = yolo_label_relpath(it.rel_path)
+            kept = [
+                inst for inst in instances_from_json(r.result_json)
+                if len(polygons_to_yolo_xy(inst.polygons_xy_px, multipart=self.cfg.multipart)) >= 3
+            ]  # fmt: skip
+            for k, inst in enumerate(kept):
+                name = self.names.get(inst.class_id, f"class{inst.class_id}")
+                w.writerow([it.rel_path, label, k, inst.class_id, name, f"{inst.det_conf:.6f}", f"{inst.sam_score:.6f}"])
+        atomic_write_text(path, buf.getvalue(), root=self.out)
+        if self.ledger.meta("scores_csv") != "1":
+            self.ledger.set_meta("scores_csv", "1")
+
+    def _write_coco(self, done) -> None:
         info = {"description": f"annotator: {self.cfg.det_model} boxes -> {self.cfg.sam_model} masks"}
+        ensure_real_dir(self.out)
         with CocoJsonWriter(
             self.out / self.cfg.coco_filename,
             coco_categories(self._dense_names()),
             info=info,
             segmentation=self.cfg.coco_segmentation,
         ) as coco:
-            for it in self.plan.all_items:
-                row = self.ledger.get(it.rel_path)
-                if row is None or row.status not in _PROCESSED or row.image_hw is None:
-                    continue
+            for it, row in done:
                 coco.add_image(it.rel_path, row.image_hw, instances_from_json(row.result_json))
 
     def abort(self) -> None:

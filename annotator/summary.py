@@ -22,7 +22,7 @@ class RunSummary:
         failed: images that could not be processed (any other status); see ``failures``.
         instances_per_class: class name -> instances written.
         status_counts: status value -> images.
-        output_dir, labels_dir, data_yaml, coco_json: what was written (None when not written).
+        output_dir, labels_dir, data_yaml, coco_json, scores_csv: what was written (None when not written).
         seconds_per_stage: wall seconds summed over images per stage (decode, detect, segment, polygonize, write).
         elapsed_s: wall seconds of the whole run, model loading included.
         images_per_s: ``images_seen / processing seconds`` (model loading excluded).
@@ -45,6 +45,7 @@ class RunSummary:
     labels_dir: Path | None = None
     data_yaml: Path | None = None
     coco_json: Path | None = None
+    scores_csv: Path | None = None
     seconds_per_stage: dict[str, float] = field(default_factory=dict)
     elapsed_s: float = 0.0
     processing_s: float = 0.0

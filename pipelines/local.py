@@ -11,6 +11,7 @@ Used for debugging, tests and small jobs; ``pipelines/ray_images.py`` runs the s
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -59,8 +60,12 @@ def run_local(
     summary.label_collisions = sorted(writer.collisions)
     bar = _progress(len(items)) if cfg.progress else None
 
+    stop = threading.Event()  # set when the run is interrupted: the writer stops after the image in flight
+
     def finish(batch: list, decode_s: list[float]) -> None:
         for x, ds in zip(batch, decode_s):
+            if stop.is_set():
+                return
             res = with_seconds(stages.polygonize(x), decode=ds)
             t0 = time.perf_counter()
             writer.write(res)
@@ -93,6 +98,11 @@ def run_local(
                 w.result()
             writer.close()
             ok = True
+        except BaseException:  # Ctrl-C / SIGTERM / a write error: no new work; the image being written completes
+            stop.set()
+            for f in [*pending, *writes]:
+                f.cancel()
+            raise
         finally:
             if not ok:
                 writer.abort()
@@ -100,7 +110,8 @@ def run_local(
                 bar.close()
     summary.processing_s = time.perf_counter() - t_start
     summary.images_per_s = len(items) / summary.processing_s if summary.processing_s > 0 else 0.0
-    summary.labels_dir = cfg.output_dir if cfg.writes_yolo else None
+    summary.labels_dir = cfg.labels_dir if cfg.writes_yolo else None
+    summary.scores_csv = writer.scores_path
     summary.data_yaml = writer.data_yaml_path
     summary.coco_json = writer.coco_path
     return summary

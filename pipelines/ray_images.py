@@ -124,7 +124,8 @@ def run_ray(
         if not ok:
             writer.abort()
     summary.images_per_s = len(items) / summary.processing_s if summary.processing_s > 0 else 0.0
-    summary.labels_dir = cfg.output_dir if cfg.writes_yolo else None
+    summary.labels_dir = cfg.labels_dir if cfg.writes_yolo else None
+    summary.scores_csv = writer.scores_path
     summary.data_yaml = writer.data_yaml_path
     summary.coco_json = writer.coco_path
     return summary

@@ -89,7 +89,11 @@ def test_yolo_tree_mirrors_inputs(api_run, dataset):
 def test_data_yaml_lists_detector_names(api_run, dataset):
     doc = yaml.safe_load((dataset / "labels" / "data.yaml").read_text())
     assert doc["names"] == SHAPE_NAMES and doc["nc"] == len(SHAPE_NAMES)
-    assert Path(doc["path"]) == dataset and doc["train"] == "images"
+    assert "path" not in doc and doc["train"] == doc["val"] == "labelled_images.list"  # relative to the yaml
+    listed = (dataset / "labels" / "labelled_images.list").read_text().splitlines()
+    # only images that have a label file train: not the broken one, not the a.jpg / a.png pair sharing a label
+    want = ["0000.jpg", "sub/0000.jpg", "sub/0001.jpg", "sub/plain.png"]
+    assert listed == [str(dataset / "images" / p) for p in want]
 
 
 def test_yolo_labels_pass_ultralytics_checker(api_run, dataset):
@@ -138,9 +142,9 @@ def test_coco_loads_and_evaluates(api_run, dataset):
 def test_cli_equals_api_byte_for_byte_and_replaces_stale_files(dataset, shapes_detector, sam2_t_ckpt, tmp_path):
     """The CLI and the API, each in a fresh process (same thread setup), write identical bytes."""
     out = tmp_path / "cli_out"
-    (out / "sub").mkdir(parents=True)
-    (out / "0000.txt").write_text("99 0.1 0.1 0.2 0.2 0.3 0.1\n")  # a stale file: must be replaced, not appended to
-    (out / "sub" / "0000.txt").write_text("stale\n")
+    (out / "labels" / "sub").mkdir(parents=True)  # another output folder: a dataset root with labels/, images/
+    (out / "labels" / "0000.txt").write_text("99 0.1 0.1 0.2 0.2 0.3 0.1\n")  # stale: replaced, not appended to
+    (out / "labels" / "sub" / "0000.txt").write_text("stale\n")
     cmd = [
         sys.executable, "-m", "annotator.cli", "annotate", str(dataset / "images"),
         "--det-model", str(shapes_detector), "--sam-model", str(sam2_t_ckpt), "--device", "cpu",
@@ -174,4 +178,5 @@ def test_cli_exit_code_when_inputs_fail(dataset, random_yolo_ckpt, sam2_t_ckpt, 
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert p.returncode == 1, p.stderr  # the broken file failed; the others were written
     assert p.stdout.strip().splitlines()[-1].startswith("7 images: 0 annotated, 6 empty, 1 failed")
-    assert (tmp_path / "o" / "sub" / "plain.txt").exists()
+    assert (tmp_path / "o" / "labels" / "sub" / "plain.txt").exists()
+    assert (tmp_path / "o" / "images" / "sub" / "plain.png").is_symlink()

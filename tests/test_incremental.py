@@ -99,8 +99,11 @@ def test_settings_change_reannotates_format_change_does_not(folder, tmp_path, sh
     coco = json.loads((out / "annotations.json").read_text())
     assert len(coco["annotations"]) == s1.instances
     rows = [r for f in out.rglob("*.txt") for r in f.read_text().splitlines()]
-    assert len(rows) == s1.instances and all(len(r.split()) % 2 == 0 for r in rows)  # class + pairs + conf
-    # back to the first settings: byte-identical to the first run's label files
+    assert len(rows) == s1.instances and all(len(r.split()) % 2 == 1 for r in rows)  # class + pairs: trainable
+    scores = (out / "scores.csv").read_text().splitlines()  # save_conf: confidences in the sidecar, row by row
+    assert scores[0].startswith("image,label_file,row,class_id") and len(scores) == 1 + s1.instances
+    assert s2.scores_csv == out / "scores.csv"
+    # back to the first settings: byte-identical to the first run's label files; our scores.csv is removed
     run(cfg_for(folder, out, shapes_detector, sam2_t_ckpt, sam_min_score=0.0))
     again = tree_bytes(out)
     assert {k: v for k, v in again.items() if k != "annotations.json"} == yolo_only
@@ -118,7 +121,7 @@ def test_second_run_while_locked_exits_at_once(folder, tmp_path, random_yolo_ckp
             capture_output=True, text=True, timeout=300,
         )  # fmt: skip
     assert p.returncode == 2
-    assert f"locked by PID {os.getpid()}" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+    assert f"in use: PID {os.getpid()} (" in p.stderr and len(p.stderr.strip().splitlines()) == 1  # names the holder
     assert not list(out.glob("*.txt"))
 
 
@@ -165,7 +168,7 @@ def test_bad_inputs_get_statuses_and_sources_stay_untouched(tmp_path, random_yol
     }, s.failures
     assert all(f["reason"] and "\n" not in f["reason"] for f in s.failures)
     for converted in ("gray", "rgba", "palette", "cmyk", "deep16", "good", "name with spaces é"):
-        assert (out / f"{converted}.txt").read_text() == ""  # decoded and processed, nothing detected
+        assert (out / "labels" / f"{converted}.txt").read_text() == ""  # decoded and processed, nothing detected
     report = json.loads((out / "run_report.json").read_text())
     assert {f["path"] for f in report["summary"]["failures"]} == set(status)
     assert {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in d.iterdir()} == before
