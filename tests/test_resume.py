@@ -105,3 +105,31 @@ def test_kill_and_resume_ray(images, tmp_path, reference, shapes_detector, sam2_
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr
     _assert_same_as_reference(out, reference)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_stops_after_the_image_in_flight_and_resumes(images, tmp_path, reference, shapes_detector, sam2_t_ckpt, sig):
+    """Ctrl-C (SIGINT to the process group, as a terminal sends it) or SIGTERM (a scheduler's stop): one line on
+    stderr, exit 130 / 143, no temp file left, and the same command resumes to the uninterrupted outputs."""
+    out = tmp_path / "labels"
+    cmd = _cmd(images, out, shapes_detector, sam2_t_ckpt, "local")
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    t0 = time.monotonic()
+    while p.poll() is None and _labels_written(out) < 1:
+        time.sleep(0.02)
+        assert time.monotonic() - t0 < 600, "no label written in 600 s"
+    assert p.poll() is None, "the run finished before the signal: the test would prove nothing"
+    os.killpg(p.pid, sig)
+    t_sig = time.monotonic()
+    _, err = p.communicate(timeout=120)
+    stopped_in_s = time.monotonic() - t_sig
+    assert p.returncode == (130 if sig == signal.SIGINT else 143), err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert f"interrupted by {sig.name}" in lines[0] and "run the same command to resume" in lines[0]
+    assert _labels_written(out) < N_IMAGES, "it went on to the end instead of stopping"
+    assert stopped_in_s < 60, stopped_in_s
+    assert not [q for q in out.rglob("*") if q.name.endswith(".tmp")]
+    p2 = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert p2.returncode == 0, p2.stderr
+    _assert_same_as_reference(out, reference)
