@@ -60,6 +60,10 @@ def run_local(
     summary.label_collisions = sorted(writer.collisions)
     bar = _progress(len(items)) if cfg.progress else None
 
+    # On CPU the segmenter computes `cpu_workers` images at once, each alone in its own task: handing it the
+    # batch in chunks of that size gives the very same results, and each chunk's images are polygonized and
+    # written (and the progress bar moves) while the next chunk runs, instead of once per batch.
+    chunk = getattr(stages.segmenter, "cpu_workers", None) if stages.det_batch == 1 else None
     stop = threading.Event()  # set when the run is interrupted: the writer stops after the image in flight
 
     def finish(batch: list, decode_s: list[float]) -> None:
@@ -85,15 +89,17 @@ def run_local(
         batches = list(_batches(items, cfg.batch_size))
         pending: list[Future] = [dec.submit(_timed_decode, it, cfg) for it in batches[0]] if batches else []
         writes: list[Future] = []
+        max_waiting = 2 * -(-cfg.batch_size // (chunk or cfg.batch_size))  # bounded: two batches' worth of chunks
         try:
             for k in range(len(batches)):
                 decoded = [f.result() for f in pending]
                 if k + 1 < len(batches):
                     pending = [dec.submit(_timed_decode, it, cfg) for it in batches[k + 1]]
-                inferred = stages.infer([d for d, _ in decoded])
-                writes.append(post.submit(finish, inferred, [s for _, s in decoded]))
-                if len(writes) > 2:  # bounded: at most two batches wait for the writer
-                    writes.pop(0).result()
+                for part in _batches(decoded, chunk or len(decoded)):
+                    inferred = stages.infer([d for d, _ in part])
+                    writes.append(post.submit(finish, inferred, [s for _, s in part]))
+                    if len(writes) > max_waiting:
+                        writes.pop(0).result()
             for w in writes:
                 w.result()
             writer.close()

@@ -246,3 +246,32 @@ def test_cli_habits(images, tmp_path, random_yolo_ckpt, sam2_t_ckpt):
     assert "3 images:" in p.stdout
     line = one_line_error(cli("annotate", "--classes", "person", images), 2)
     assert "--classes needs at least one integer class id" in line
+
+
+def test_results_and_progress_come_per_image_chunk_not_per_batch(tmp_path, shapes_detector, sam2_t_ckpt):
+    """On CPU the local engine hands the models chunks of as many images as the segmenter computes at once, and
+    each chunk is written (the progress bar moves) while the next one runs, not once per batch of 8."""
+    from annotator.api import run
+    from annotator.config import make_config
+    from annotator.models import resolve_models
+    from annotator.stages import Stages
+
+    data = tmp_path / "in"
+    write_images(data, [71, 72, 73, 74], sub=False)
+    cfg = make_config(data=data, det_model=str(shapes_detector), sam_model=str(sam2_t_ckpt), device="cpu",
+                      output_dir=tmp_path / "out", batch_size=4, sam_min_score=0.0)  # fmt: skip
+    stages = Stages.build(cfg, resolve_models(cfg.det_model, cfg.sam_model))
+    stages.segmenter.cpu_workers = 2  # as on a 2-core machine, whatever this one has
+    events: list[tuple[str, int]] = []
+    infer = stages.infer
+
+    def traced_infer(inputs):
+        out = infer(inputs)
+        events.append(("infer", len(inputs)))
+        return out
+
+    stages.infer = traced_infer
+    run(cfg, on_result=lambda r: events.append(("result", 1)), engine_options={"stages": stages})
+    assert [n for kind, n in events if kind == "infer"] == [2, 2]  # one batch of 4, in two chunks
+    last_infer = max(i for i, (kind, _) in enumerate(events) if kind == "infer")
+    assert events.index(("result", 1)) < last_infer  # the first chunk was written while the second one ran
