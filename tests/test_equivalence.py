@@ -62,8 +62,8 @@ def test_same_rows_as_ultralytics(flat_images, shapes_detector, sam2_t_ckpt, tmp
     assert s.failed == 0 and s.images_seen == 4
     compared = 0
     for image in sorted(flat_images.iterdir()):
-        theirs, ours = _rows(tmp_path / "ul" / f"{image.stem}.txt"), _rows(tmp_path / "ours" / f"{image.stem}.txt")
-        assert (tmp_path / "ours" / f"{image.stem}.txt").exists()  # we write a file even when empty
+        theirs, ours = _rows(tmp_path / "ul" / f"{image.stem}.txt"), _rows(tmp_path / "ours" / "labels" / f"{image.stem}.txt")
+        assert (tmp_path / "ours" / "labels" / f"{image.stem}.txt").exists()  # we write a file even when empty
         assert len(ours) == len(theirs), image.name
         for (c1, xy1), (c2, xy2) in zip(ours, theirs):
             assert c1 == c2
@@ -71,7 +71,7 @@ def test_same_rows_as_ultralytics(flat_images, shapes_detector, sam2_t_ckpt, tmp
             np.testing.assert_allclose(xy1, xy2, atol=1e-6)  # we write 6 decimals
             compared += 1
     assert compared >= 6
-    assert _rows(tmp_path / "ours" / "blank.txt") == []
+    assert _rows(tmp_path / "ours" / "labels" / "blank.txt") == []
 
 
 @pytest.fixture(scope="module")
@@ -129,13 +129,13 @@ def test_dropped_mask_does_not_shift_classes(flat_images, shapes_detector, score
         batch_size=1,
     )
     for stem, true_classes in shifted_images:
-        ours = [c for c, _ in _rows(tmp_path / "ours" / f"{stem}.txt")]
+        ours = [c for c, _ in _rows(tmp_path / "ours" / "labels" / f"{stem}.txt")]
         theirs = [c for c, _ in _rows(tmp_path / "ul" / f"{stem}.txt")]
         assert ours == true_classes  # each polygon keeps its own detection's class
         assert theirs != true_classes  # Ultralytics' positional pairing put classes on the wrong masks
         # same polygons, only the classes differ
         np.testing.assert_allclose(
-            np.concatenate([xy for _, xy in _rows(tmp_path / "ours" / f"{stem}.txt")]),
+            np.concatenate([xy for _, xy in _rows(tmp_path / "ours" / "labels" / f"{stem}.txt")]),
             np.concatenate([xy for _, xy in _rows(tmp_path / "ul" / f"{stem}.txt")]),
             atol=1e-6,
         )

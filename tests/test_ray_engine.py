@@ -179,7 +179,7 @@ def test_udf_raising_on_one_image_fails_only_that_image(
     assert summary.status_counts == {"failed": 1, "empty": 3}
     [failure] = summary.failures
     assert failure["path"] == "odd.png" and "injected failure" in failure["reason"]
-    files = _output_files(tmp_path / "out")
+    files = _output_files(tmp_path / "out" / "labels")
     assert {"a.txt", "b.txt", "sub/c.txt"} <= set(files) and "odd.txt" not in files
 
 

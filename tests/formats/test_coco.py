@@ -170,7 +170,7 @@ def test_exception_inside_the_block_leaves_target_untouched_and_no_temp_files(tm
         with CocoJsonWriter(path, coco_categories(NAMES)) as w:
             name, hw, insts = images()[0]
             w.add_image(name, hw, poly(insts))
-            assert len(list(tmp_path.glob(".ann.json.*.tmp"))) == 2  # streamed to spill files
+            assert len(list(tmp_path.glob(".annotator-*.tmp"))) == 2  # streamed to spill files
             raise RuntimeError("disk full")
     assert path.read_text() == '{"old": true}'
     assert [p.name for p in tmp_path.iterdir()] == ["ann.json"]
