@@ -38,9 +38,12 @@ Example:
 
 from __future__ import annotations
 
+import contextvars
 import io
 import os
+import stat
 import sys
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -160,6 +163,8 @@ class _Walker:
             return
         if real.is_dir():
             self.walk_dir(path, rel)
+        elif not real.is_file():
+            self.refused[rel] = _special_file_reason(real)
         elif is_image_path(path.name):
             self.items.setdefault(rel, SourceItem(path=path, rel_path=rel))
         else:
@@ -210,11 +215,21 @@ class _Walker:
                 self.walk_dir(path, rel)
             elif is_file:
                 self.items[rel] = SourceItem(path=path, rel_path=rel)
+            else:
+                self.refused[rel] = _special_file_reason(path)
 
     def result(self, root: Path) -> ScanResult:
         items = [self.items[k] for k in sorted(self.items)]
         refused = sorted(self.refused.items())
         return ScanResult(root=root, items=items, refused=refused)
+
+
+def _special_file_reason(path: Path) -> str:
+    try:
+        kind = _kind_of(os.stat(path).st_mode) or "not a regular file"
+    except OSError as exc:
+        return f"cannot stat ({type(exc).__name__}: {exc.strerror or exc})"
+    return f"{kind}, not a regular file: skipped (never opened)"
 
 
 def _read_list_file(list_path: Path) -> list[str]:
@@ -250,6 +265,8 @@ def scan_sources(root: Path | str) -> ScanResult:
     if root.is_dir():
         walker = _Walker(root)
         walker.walk_dir(root, ".")
+    elif not root.is_file():
+        raise ValueError(f"input {root} is {_special_file_reason(root).split(',')[0]}: give a folder, an image file or a .txt list")
     elif is_image_path(root.name):
         walker = _Walker(root.parent)
         walker.items[root.name] = SourceItem(path=root, rel_path=root.name)
@@ -276,18 +293,69 @@ def scan_sources(root: Path | str) -> ScanResult:
 # ---------------------------------------------------------------------------------------------------- decoding
 
 
-def read_image_bytes(item: SourceItem) -> bytes:
-    """The raw bytes of ``item.path`` (the file is never modified).
+#: the largest input file read: no image format needs more per pixel than this for max_pixels pixels.
+MAX_FILE_BYTES_PER_PIXEL = 16
+
+
+def max_file_bytes(max_pixels: int) -> int:
+    """The most bytes read from one input: 16 bytes per allowed pixel (16-bit RGBA, uncompressed), >= 1 MiB."""
+    return max(1 << 20, MAX_FILE_BYTES_PER_PIXEL * int(max_pixels))
+
+
+def _kind_of(mode: int) -> str | None:
+    """None for a regular file, else what it is, in words (named pipe, socket, character device...)."""
+    if stat.S_ISREG(mode):
+        return None
+    for test, name in (
+        (stat.S_ISFIFO, "a named pipe"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISDIR, "a folder"),
+    ):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def read_image_bytes(item: SourceItem, *, max_bytes: int | None = None) -> bytes:
+    """The raw bytes of ``item.path`` (the file is never modified), never blocking on a special file.
+
+    The file is opened with ``O_NONBLOCK`` and checked with ``fstat`` on the open descriptor: a named pipe,
+    socket or device (also one swapped in after the scan, or reached through a link) is refused without a
+    blocking read. At most ``max_bytes`` are read.
 
     Raises:
-        ImageDecodeError: ``FAILED`` when the file cannot be read (vanished, permissions, ...).
+        ImageDecodeError: ``FAILED`` when the file cannot be read (vanished, permissions, ...), ``UNSUPPORTED``
+            when it is not a regular file, ``TOO_LARGE`` when it holds more than ``max_bytes``.
     """
     try:
-        return item.path.read_bytes()
+        fd = os.open(item.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
         raise ImageDecodeError(
             ImageStatus.FAILED, f"cannot read {item.rel_path} ({type(exc).__name__}: {exc.strerror or exc})"
         ) from exc
+    try:
+        st = os.fstat(fd)
+        kind = _kind_of(st.st_mode)
+        if kind is not None:
+            raise ImageDecodeError(ImageStatus.UNSUPPORTED, f"{kind}, not a regular file: not read")
+        if max_bytes is not None and st.st_size > max_bytes:
+            raise ImageDecodeError(
+                ImageStatus.TOO_LARGE, f"file of {st.st_size:,} bytes exceeds {max_bytes:,} (16 bytes per max_pixels)"
+            )
+        os.set_blocking(fd, True)
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read() if max_bytes is None else f.read(max_bytes + 1)
+        if max_bytes is not None and len(data) > max_bytes:  # it grew while being read
+            raise ImageDecodeError(ImageStatus.TOO_LARGE, f"file grew past {max_bytes:,} bytes while being read")
+        return data
+    except OSError as exc:
+        raise ImageDecodeError(
+            ImageStatus.FAILED, f"cannot read {item.rel_path} ({type(exc).__name__}: {exc.strerror or exc})"
+        ) from exc
+    finally:
+        os.close(fd)
 
 
 def _sniff_format(data: bytes) -> tuple[str, bool] | None:
@@ -321,12 +389,32 @@ def _heif_plugin_available() -> bool:
     return _heif_registered
 
 
+#: the caller's max_pixels while :func:`decode_image_bytes` runs (PIL's own limit must not be stricter)
+_MAX_PIXELS: contextvars.ContextVar[int | None] = contextvars.ContextVar("annotator_max_pixels", default=None)
+_PIL_LIMIT_LOCK = threading.Lock()
+
+
 def _pil_open(data: bytes) -> Image.Image:
     """``PIL.Image.open`` on bytes, bypassing Ultralytics' monkey-patch (which pip-installs pi-heif when PIL
-    cannot identify a file) if Ultralytics was imported in this process."""
+    cannot identify a file) if Ultralytics was imported in this process.
+
+    ``max_pixels`` is the single source of truth: when the caller's limit is above PIL's
+    ``MAX_IMAGE_PIXELS`` (decompression-bomb check, ~179 MP), PIL's limit is raised to it for this open only
+    (the check runs inside ``open``), under a lock, and put back.
+    """
     patches = sys.modules.get("ultralytics.utils.patches")
     open_ = getattr(patches, "_image_open", None) or Image.open
-    return open_(io.BytesIO(data))
+    ours = _MAX_PIXELS.get()
+    theirs = Image.MAX_IMAGE_PIXELS
+    if ours is None or theirs is None or ours <= theirs:
+        return open_(io.BytesIO(data))
+    with _PIL_LIMIT_LOCK:
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = ours
+        try:
+            return open_(io.BytesIO(data))
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
 
 
 def _header_info(data: bytes) -> tuple[int, int] | None:
@@ -341,7 +429,7 @@ def _header_info(data: bytes) -> tuple[int, int] | None:
     except Image.DecompressionBombError as exc:
         raise ImageDecodeError(
             ImageStatus.TOO_LARGE,
-            f"refused from the header by PIL ({exc}); raise PIL.Image.MAX_IMAGE_PIXELS to read it",
+            f"refused from the header by PIL ({exc})",
         ) from exc
     except Exception:  # noqa: BLE001 - unknown or corrupt header
         return None
@@ -413,6 +501,14 @@ def decode_image_bytes(
     """
     if max_pixels < 1 or min_side_px < 1:
         raise ValueError(f"max_pixels and min_side_px must be >= 1, got {max_pixels} and {min_side_px}")
+    token = _MAX_PIXELS.set(int(max_pixels))
+    try:
+        return _decode_image_bytes(data, item, max_pixels, min_side_px)
+    finally:
+        _MAX_PIXELS.reset(token)
+
+
+def _decode_image_bytes(data: bytes, item: SourceItem, max_pixels: int, min_side_px: int) -> DecodedImage:
     suffix = Path(item.rel_path).suffix.lower()
     if suffix not in IMAGE_SUFFIXES:
         raise ImageDecodeError(ImageStatus.UNSUPPORTED, f"suffix {suffix or '(none)'!r} is not one of {_looked_for()}")
@@ -465,4 +561,5 @@ def decode_image_bytes(
 
 def load_image(item: SourceItem, *, max_pixels: int = 100_000_000, min_side_px: int = 2) -> DecodedImage:
     """Read and decode one item: ``decode_image_bytes(read_image_bytes(item), item, ...)``."""
-    return decode_image_bytes(read_image_bytes(item), item, max_pixels=max_pixels, min_side_px=min_side_px)
+    data = read_image_bytes(item, max_bytes=max_file_bytes(max_pixels))
+    return decode_image_bytes(data, item, max_pixels=max_pixels, min_side_px=min_side_px)

@@ -21,7 +21,7 @@ from annotator.models import ResolvedModels
 from annotator.polygons import Polygonizer
 from annotator.records import Detections, DecodedImage, ImageResult, ImageStatus, Instance, SourceItem
 from annotator.segment import Segmenter
-from annotator.sources import ImageDecodeError, decode_image_bytes, read_image_bytes
+from annotator.sources import ImageDecodeError, decode_image_bytes, max_file_bytes, read_image_bytes
 
 
 def _one_line(e: BaseException) -> str:
@@ -33,7 +33,7 @@ def decode_or_error(item: SourceItem, cfg: AnnotateConfig, data: bytes | None = 
     """Read and decode one input; a bad file becomes an :class:`ImageResult` with its status and reason."""
     t0 = time.perf_counter()
     try:
-        raw = read_image_bytes(item) if data is None else data
+        raw = read_image_bytes(item, max_bytes=max_file_bytes(cfg.max_pixels)) if data is None else data
         return decode_image_bytes(raw, item, max_pixels=cfg.max_pixels, min_side_px=cfg.min_side_px)
     except ImageDecodeError as e:
         return ImageResult(item, e.status, reason=e.reason, seconds={"decode": time.perf_counter() - t0})

@@ -48,6 +48,7 @@ from typing import Any
 from annotator.config import AnnotateConfig
 from annotator.models import ResolvedModels
 from annotator.output import DatasetWriter, open_writer
+from annotator.sources import read_image_bytes
 from annotator.records import DecodedImage, ImageResult, ImageStatus, SourceItem
 from annotator.stages import InferredImage, Stages, decode_or_error, with_seconds
 from annotator.summary import RunSummary
@@ -447,7 +448,7 @@ def _read_chunks(table):
         for item in items:
             t0 = time.perf_counter()
             try:
-                data = item.path.read_bytes()
+                data = read_image_bytes(item)  # never blocks on a named pipe or device
             except Exception:  # noqa: BLE001 - reported by decode_or_error, as in the local engine
                 data = None
             entries.append((item, data, time.perf_counter() - t0))

@@ -259,3 +259,91 @@ def test_read_errors_are_reported(tmp_path):
     with pytest.raises(ImageDecodeError) as info:
         read_image_bytes(_item(tmp_path / "gone.jpg"))
     assert info.value.status == ImageStatus.FAILED and "gone.jpg" in info.value.reason
+
+
+# ---------------------------------------------------------------------------------------- special files, limits
+def _within(seconds: float, fn, *args, **kwargs):
+    """Run ``fn`` in a thread; fail (instead of hanging the suite) if it does not return in time."""
+    import concurrent.futures
+
+    ex = concurrent.futures.ThreadPoolExecutor(1)
+    try:
+        return ex.submit(fn, *args, **kwargs).result(timeout=seconds)
+    finally:
+        ex.shutdown(wait=False)
+
+
+def test_special_files_are_refused_without_being_opened(tmp_path):
+    import cv2
+
+    from annotator.sources import scan_sources
+
+    d = tmp_path / "in"
+    d.mkdir()
+    cv2.imwrite(str(d / "a.png"), np.zeros((20, 20, 3), np.uint8))
+    os.mkfifo(d / "b.jpg")  # a named pipe with an image name: opening it for reading would block forever
+    (d / "list.txt").write_text("a.png\nb.jpg\n")
+    os.mkfifo(tmp_path / "solo.jpg")
+    os.mkfifo(tmp_path / "pipe.txt")
+    scan = _within(10, scan_sources, d)
+    assert [i.rel_path for i in scan.items] == ["a.png"]
+    assert scan.refused == [("b.jpg", "a named pipe, not a regular file: skipped (never opened)")]
+    scan = _within(10, scan_sources, d / "list.txt")
+    assert [i.rel_path for i in scan.items] == ["a.png"] and scan.refused[0][0] == "b.jpg"
+    for root in (tmp_path / "solo.jpg", tmp_path / "pipe.txt"):  # as DATA, or as the .txt list itself
+        with pytest.raises(ValueError, match="is a named pipe"):
+            _within(10, scan_sources, root)
+
+
+def test_a_special_file_swapped_in_after_the_scan_gets_a_status(tmp_path):
+    from annotator.sources import ImageDecodeError, load_image, read_image_bytes, scan_sources
+
+    d = tmp_path / "in"
+    d.mkdir()
+    (d / "a.png").write_bytes(b"x")
+    [item] = scan_sources(d).items
+    (d / "a.png").unlink()
+    os.mkfifo(d / "a.png")
+    with pytest.raises(ImageDecodeError) as e:
+        _within(10, read_image_bytes, item)
+    assert e.value.status.value == "unsupported" and "named pipe" in e.value.reason
+    (d / "a.png").unlink()
+    (d / "a.png").symlink_to("/dev/zero")  # a device reached through a link: refused, never read
+    with pytest.raises(ImageDecodeError, match="character device"):
+        _within(10, load_image, item)
+
+
+def test_max_pixels_above_pils_own_limit_is_honoured(monkeypatch):
+    """max_pixels is the single source of truth: PIL's decompression-bomb limit (here lowered to 1,000 px to
+    stand for its ~179 MP default) does not refuse an image that max_pixels allows, and is put back after."""
+    import cv2
+    from PIL import Image
+
+    from annotator.sources import ImageDecodeError
+
+    ok, png = cv2.imencode(".png", np.zeros((100, 120, 3), np.uint8))
+    item = SourceItem(Path("/x/a.png"), "a.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    assert decode_image_bytes(png.tobytes(), item, max_pixels=20_000).image_hw == (100, 120)
+    assert Image.MAX_IMAGE_PIXELS == 1000
+    with pytest.raises(ImageDecodeError, match="too_large"):
+        decode_image_bytes(png.tobytes(), item, max_pixels=11_000)
+
+
+def test_cli_run_with_a_named_pipe_in_the_folder_finishes(tmp_path, shapes_detector, sam2_t_ckpt):
+    import json
+    import subprocess
+    import sys
+
+    import cv2
+
+    d = tmp_path / "in"
+    d.mkdir()
+    cv2.imwrite(str(d / "a.png"), np.zeros((64, 64, 3), np.uint8))
+    os.mkfifo(d / "b.jpg")
+    cmd = [sys.executable, "-m", "annotator", "annotate", str(d), "--det-model", str(shapes_detector),
+           "--sam-model", str(sam2_t_ckpt), "--device", "cpu", "--output-dir", str(tmp_path / "out"), "--json"]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    summary = json.loads(p.stdout)
+    assert summary["images_seen"] == 1 and summary["refused"][0]["path"] == "b.jpg"
