@@ -133,7 +133,7 @@ def _nothing_to_process(cfg: AnnotateConfig, models, plan) -> RunSummary:
     if names is None:  # first run on an empty folder, or a new detector: its names are needed for data.yaml
         from annotator.models import load_yolo
 
-        names = {int(k): str(v) for k, v in load_yolo(models.det_path).names.items()}
+        names = {int(k): str(v) for k, v in load_yolo(models.det_path, trust=cfg.trust_weights).names.items()}
     writer = open_writer(cfg, names, plan)
     writer.close()
     summary = RunSummary(engine=cfg.engine, output_dir=cfg.output_dir)

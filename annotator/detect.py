@@ -70,9 +70,10 @@ class Detector:
         classes: Sequence[int] | None = None,
         device: str = "",
         half: bool = False,
+        trust: bool = False,
     ) -> None:
         self.threads = TorchThreads(device)
-        self.model = load_yolo(weights)
+        self.model = load_yolo(weights, trust=trust)
         self.names: dict[int, str] = {int(k): str(v) for k, v in self.model.names.items()}
         self._kwargs = dict(
             conf=conf,

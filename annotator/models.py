@@ -12,13 +12,22 @@ When none applies, :class:`~annotator.errors.WeightsNotFoundError` says, in one 
 and how to supply it, before any image is processed. Nothing is ever pip-installed at run time: importing
 this module sets ``YOLO_AUTOINSTALL=false`` unless the user set it.
 
-Loading a ``.pt`` file unpickles Python objects: only load weight files you trust (pin them by SHA-256).
+Loading is safe by default: nothing pickled in a checkpoint runs. SAM checkpoints (plain state dicts) load
+with ``torch.load(weights_only=True)``; the YOLO detector loads through Ultralytics' own allow-list loader
+(``weights_only=True`` plus the Ultralytics / torch model classes the checkpoint names; the
+``ULTRALYTICS_SAFE_LOAD`` mode, switched on for our loads only). A checkpoint that needs anything else is
+refused with one line naming the offending global; ``trust_weights`` (``--trust-weights``) loads it the old,
+unrestricted way, for files you trust (pin them by SHA-256 with ``weights_sha256``). A truncated or corrupt
+file is reported as such.
 """
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
+import pickle
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -150,23 +159,95 @@ def resolve_models(det_model: str, sam_model: str, *, weights_dir: Path | None =
     return ResolvedModels(det, sam, sam_name, family)
 
 
-def load_yolo(path: Path):
-    """Load an Ultralytics YOLO model (detect or segment task) from a local file."""
+_SAFE_LOAD_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _ultralytics_safe_load(enabled: bool):
+    """Switch Ultralytics' allow-list loader (``ULTRALYTICS_SAFE_LOAD``) on or off for one load."""
+    from ultralytics.nn import tasks
+
+    with _SAFE_LOAD_LOCK:
+        saved = tasks.SAFE_LOAD
+        tasks.SAFE_LOAD = bool(enabled)
+        try:
+            yield
+        finally:
+            tasks.SAFE_LOAD = saved
+
+
+def _unsafe_globals(path: Path, allowed: set[str]) -> list[str]:
+    """Globals a checkpoint names that are not in ``allowed`` (e.g. ``['posix.system']``)."""
+    import torch
+
+    try:
+        needed = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+    except Exception:  # noqa: BLE001 - not a zip checkpoint: nothing to name
+        return []
+    return [g for g in needed if g not in allowed]
+
+
+def _refused(role: str, path: Path, offending: list[str]) -> ModelLoadError:
+    what = ", ".join(offending[:3]) + (" ..." if len(offending) > 3 else "") if offending else "unknown objects"
+    return ModelLoadError(
+        f"{role} {str(path)!r} holds Python objects outside the safe allow-list ({what}); loading it would run "
+        f"their code: load it only if you trust it, with --trust-weights (trust_weights: true)"
+    )
+
+
+def _corrupt(role: str, path: Path, e: BaseException) -> ModelLoadError:
+    msg = " ".join(str(e).split())[:200]
+    return ModelLoadError(
+        f"{role} {str(path)!r} is a truncated or corrupt checkpoint ({type(e).__name__}: {msg}); copy or download "
+        f"the file again"
+    )
+
+
+def _is_damaged(e: BaseException) -> bool:
+    text = str(e)
+    return isinstance(e, EOFError) or "PytorchStreamReader" in text or "truncated" in text or "corrupt" in text or (
+        isinstance(e, pickle.UnpicklingError) and "Weights only load failed" not in text
+    )
+
+
+def load_yolo(path: Path, *, trust: bool = False):
+    """Load an Ultralytics YOLO model (detect or segment task) from a local file.
+
+    Args:
+        path: the ``.pt`` file.
+        trust: load with full unpickling (runs code pickled in the file). Default: the allow-list loader.
+
+    Raises:
+        ModelLoadError: one line: outside the allow-list (names the global), truncated/corrupt, or not a detector.
+    """
     from ultralytics import YOLO
 
     try:
-        model = YOLO(str(path))
+        with _ultralytics_safe_load(not trust):
+            model = YOLO(str(path))
     except Exception as e:
+        cause = e.__cause__ or e
+        if not trust and ("outside the supported Ultralytics checkpoint format" in str(e) or "Weights only" in str(cause)):
+            from ultralytics.nn.tasks import _SafeLoad
+
+            allowed = set(_SafeLoad._registry or {})
+            raise _refused("det_model", path, _unsafe_globals(path, allowed)) from None
+        if "truncated" in str(e) or _is_damaged(cause):
+            raise _corrupt("det_model", path, cause) from None
         raise ModelLoadError(f"det_model {str(path)!r} is not a loadable Ultralytics YOLO model: {type(e).__name__}: {e}") from None
     if model.task not in ("detect", "segment", "obb", "pose"):
         raise ModelLoadError(f"det_model {str(path)!r} is a {model.task!r} model; a detection (or -seg) model is needed")
     return model
 
 
-def load_sam(path: Path, sam_name: str):
+def load_sam(path: Path, sam_name: str, *, trust: bool = False):
     """Build the SAM architecture named by ``sam_name`` and load ``path``'s weights into it.
 
-    Returns the torch module (``SAMModel`` or ``SAM2Model``) in eval mode on the CPU.
+    The checkpoint must be a state dict (or ``{"model": state dict}``), loaded with ``weights_only=True``
+    unless ``trust``. Returns the torch module (``SAMModel`` or ``SAM2Model``) in eval mode on the CPU.
+
+    Raises:
+        ModelLoadError: one line: outside the allow-list, truncated/corrupt, or weights of another architecture.
     """
     import torch
 
@@ -175,11 +256,16 @@ def load_sam(path: Path, sam_name: str):
 
     builder = sam_model_map[sam_name]
     try:
-        model = builder(None)
         with open(path, "rb") as f:
-            state = torch_load(f, map_location="cpu")
-        if isinstance(state, dict) and isinstance(state.get("model"), dict):
-            state = state["model"]
+            state = torch_load(f, map_location="cpu") if trust else torch.load(f, map_location="cpu", weights_only=True)
+    except Exception as e:
+        if not trust and "Weights only load failed" in str(e):
+            raise _refused("sam_model", path, _unsafe_globals(path, set())) from None
+        raise _corrupt("sam_model", path, e) from None
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
+    try:
+        model = builder(None)
         model.load_state_dict(state)
     except Exception as e:
         msg = str(e).splitlines()[0][:300]

@@ -58,6 +58,7 @@ class Segmenter:
         half: bool = False,
         min_score: float = 0.25,
         mask_upsample: Literal["crop", "full"] = "crop",
+        trust: bool = False,
     ) -> None:
         import torch
         from ultralytics.utils.torch_utils import select_device
@@ -65,7 +66,7 @@ class Segmenter:
         self.device = select_device(device, verbose=False)
         self.threads = TorchThreads(device)  # the CPU threads our model calls use (see TorchThreads)
         self.family = family
-        self.model = load_sam(weights, sam_name).to(self.device).float().eval()
+        self.model = load_sam(weights, sam_name, trust=trust).to(self.device).float().eval()
         self.min_score = float(min_score)
         self.mask_upsample = mask_upsample
         self._autocast_dtype = torch.bfloat16 if (half and self.device.type == "cuda") else None

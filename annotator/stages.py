@@ -69,6 +69,7 @@ class Stages:
                 classes=cfg.classes,
                 device=cfg.device,
                 half=cfg.half,
+                trust=cfg.trust_weights,
             )
         if "segmenter" in parts:
             segmenter = Segmenter(
@@ -79,6 +80,7 @@ class Stages:
                 half=cfg.half and not compat,
                 min_score=cfg.sam_min_score,
                 mask_upsample="full" if compat else "crop",
+                trust=cfg.trust_weights,
             )
         if cfg.torch_threads is not None:  # else the count Ultralytics' select_device picks (see TorchThreads)
             for stage in (detector, segmenter):

@@ -97,7 +97,7 @@ def run_ray(
     items = list(scan.items)
     summary = RunSummary(engine="ray", output_dir=cfg.output_dir)
     summary.refused = [{"path": p, "reason": r} for p, r in scan.refused]
-    names = _detector_names(models)  # also fails fast, before Ray starts, on a bad detector file
+    names = _detector_names(models, trust=cfg.trust_weights)  # also fails fast, before Ray starts, on a bad detector file
     writer = open_writer(cfg, names, scan)
     summary.label_collisions = sorted(writer.collisions)
 
@@ -284,11 +284,11 @@ def _annotator_error_in(e: BaseException):
     return None
 
 
-def _detector_names(models: ResolvedModels) -> dict[int, str]:
+def _detector_names(models: ResolvedModels, *, trust: bool = False) -> dict[int, str]:
     """Class id -> name, as :class:`annotator.detect.Detector` reports them."""
     from annotator.models import load_yolo
 
-    model = load_yolo(models.det_path)
+    model = load_yolo(models.det_path, trust=trust)
     return {int(k): str(v) for k, v in model.names.items()}
 
 

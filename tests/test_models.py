@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -110,3 +111,92 @@ def test_cli_bad_arguments(tmp_path, args, fragment):
     assert p.returncode == 2
     assert len(p.stderr.strip().splitlines()) == 1, p.stderr
     assert fragment in p.stderr
+
+
+# ------------------------------------------------------------------------------------------- safe loading
+class _Payload:
+    """Pickles as ``open(marker, "w")``: creates a file when unpickled (harmless proof that code ran)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _with_payload(src, dst, marker, *, key="payload"):
+    import torch
+
+    ckpt = torch.load(src, map_location="cpu", weights_only=False)
+    ckpt[key] = _Payload(marker)
+    torch.save(ckpt, dst)
+    return dst
+
+
+def test_genuine_checkpoints_load_with_the_safe_default(tmp_path, shapes_detector, sam2_t_ckpt, mobile_sam_ckpt):
+    from ultralytics import YOLO
+
+    from annotator.models import load_yolo
+
+    YOLO("yolo11n-seg.yaml").save(str(tmp_path / "seg.pt"))
+    YOLO("yolo11n.yaml").save(str(tmp_path / "det.pt"))
+    assert load_yolo(shapes_detector).task == "detect"
+    assert load_yolo(tmp_path / "seg.pt").task == "segment" and load_yolo(tmp_path / "det.pt").task == "detect"
+    assert type(load_sam(sam2_t_ckpt, "sam2_t.pt")).__name__ == "SAM2Model"
+    assert type(load_sam(mobile_sam_ckpt, "mobile_sam.pt")).__name__ == "SAMModel"
+
+
+@pytest.mark.parametrize("role", ["det_model", "sam_model"])
+def test_pickled_code_never_runs_without_trust(role, tmp_path, shapes_detector, sam2_t_ckpt):
+    import torch
+
+    from annotator.models import load_yolo
+
+    marker = tmp_path / "code-ran"
+    if role == "det_model":
+        bad = _with_payload(shapes_detector, tmp_path / "best.pt", marker)
+        load = lambda **kw: load_yolo(bad, **kw)  # noqa: E731
+    else:
+        bad = tmp_path / "sam2_t.pt"
+        torch.save({"model": _Payload(marker)}, bad)
+        load = lambda **kw: load_sam(bad, "sam2_t.pt", **kw)  # noqa: E731
+    with pytest.raises(ModelLoadError) as e:
+        load()
+    msg = str(e.value)
+    assert re.search(r"outside the safe allow-list \((builtins|io)\.open\)", msg) and "--trust-weights" in msg and "\n" not in msg
+    assert not marker.exists()  # nothing in the file ran
+    if role == "det_model":  # trusted: the old, unrestricted path (the payload runs: that is what trust means)
+        assert load(trust=True).task == "detect" and marker.exists()
+
+
+def test_trust_weights_setting_reaches_the_loaders(tmp_path, shapes_detector, sam2_t_ckpt):
+    """Through the real CLI: refused with exit 2 and one line; accepted with --trust-weights."""
+    import subprocess
+    import sys
+
+    import cv2
+    import numpy as np
+
+    data = tmp_path / "in"
+    data.mkdir()
+    cv2.imwrite(str(data / "a.png"), np.zeros((64, 64, 3), np.uint8))
+    bad = _with_payload(shapes_detector, tmp_path / "best.pt", tmp_path / "code-ran")
+    cmd = [sys.executable, "-m", "annotator", "annotate", str(data), "--det-model", str(bad), "--sam-model",
+           str(sam2_t_ckpt), "--device", "cpu", "--output-dir", str(tmp_path / "out"), "--quiet"]  # fmt: skip
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and "--trust-weights" in p.stderr
+    assert not (tmp_path / "code-ran").exists()
+    p = subprocess.run([*cmd, "--trust-weights"], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+
+
+@pytest.mark.parametrize("role", ["det_model", "sam_model"])
+def test_truncated_checkpoint_is_named_as_such(role, tmp_path, shapes_detector, sam2_t_ckpt):
+    from annotator.models import load_yolo
+
+    src = shapes_detector if role == "det_model" else sam2_t_ckpt
+    cut = tmp_path / ("best.pt" if role == "det_model" else "sam2_t.pt")
+    data = src.read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelLoadError, match=f"^{role} .* is a truncated or corrupt checkpoint"):
+        load_yolo(cut) if role == "det_model" else load_sam(cut, "sam2_t.pt")
