@@ -9,8 +9,9 @@ The contract of the files written here (checked by the tests with ``pycocotools.
 * ``images``: ``{"id", "file_name", "height", "width"}``; ids are consecutive from 1 (id 0 silently scores
   AP 0 in pycocotools); ``file_name`` is the POSIX path relative to the data root.
 * ``annotations``: ids consecutive from 1 across the file;
-  ``bbox`` = ``[x, y, w, h]`` tight box of the mask pixels (floats, pixels);
-  ``area`` = mask pixel count (not the polygon or box area);
+  ``bbox`` = ``[x, y, w, h]`` and ``area`` (pixels) of the segmentation *as written*, as pycocotools
+  rasterises it (``annToMask``): for polygons those of the simplified polygons (the union of the parts, holes
+  not represented), for RLE those of the exact mask;
   ``iscrowd`` = 0 always, also for masks with holes or several parts (crowd regions are ignored by
   evaluators, which is not what a detection is);
   ``score`` = detector confidence; ``sam_score`` = the segmenter's predicted IoU (an extra field);
@@ -27,7 +28,7 @@ Example:
     >>> inst = PolygonInstance(0, 0.8, 0.9, [sq], 441, (10.0, 10.0, 21.0, 21.0))
     >>> [ann] = instances_to_coco_annotations([inst], image_id=1, first_annotation_id=1)
     >>> ann["category_id"], ann["bbox"], ann["area"], ann["segmentation"]
-    (1, [10.0, 10.0, 21.0, 21.0], 441, [[10.0, 10.0, 10.0, 30.0, 30.0, 30.0, 30.0, 10.0]])
+    (1, [11.0, 11.0, 20.0, 20.0], 400, [[10.5, 10.5, 10.5, 30.5, 30.5, 30.5, 30.5, 10.5]])
 """
 
 from __future__ import annotations
@@ -99,6 +100,28 @@ def _polygon_segmentation(polygons_xy_px: Sequence[np.ndarray], decimals: int) -
     return out
 
 
+def segmentation_area_bbox(seg: list[list[float]] | dict) -> tuple[int, list[float]]:
+    """``(area, [x, y, w, h])`` of a COCO segmentation as pycocotools rasterises it (``annToMask``).
+
+    For polygons the raster size only has to hold them, so it is taken from their extent; the union of the
+    parts is measured (overlapping parts count once). For RLE: its own area and box (the exact mask).
+
+    Example:
+        >>> segmentation_area_bbox([[10.5, 10.5, 10.5, 30.5, 30.5, 30.5, 30.5, 10.5]])
+        (400, [11.0, 11.0, 20.0, 20.0])
+    """
+    from pycocotools import mask as mask_utils
+
+    if isinstance(seg, dict):
+        rle = {"size": seg["size"], "counts": seg["counts"].encode() if isinstance(seg["counts"], str) else seg["counts"]}
+    else:
+        flat = np.concatenate([np.asarray(p, dtype=np.float64) for p in seg])
+        w = int(np.ceil(flat[0::2].max())) + 2
+        h = int(np.ceil(flat[1::2].max())) + 2
+        rle = mask_utils.merge(mask_utils.frPyObjects([list(map(float, p)) for p in seg], h, w))
+    return int(mask_utils.area(rle)), [float(v) for v in mask_utils.toBbox(rle)]
+
+
 def instances_to_coco_annotations(
     instances: Sequence[PolygonInstance],
     *,
@@ -138,14 +161,15 @@ def instances_to_coco_annotations(
             seg = _polygon_segmentation(inst.polygons_xy_px, decimals)
             if not seg:
                 continue
+        area, bbox = segmentation_area_bbox(seg)
         anns.append(
             {
                 "id": next_id,
                 "image_id": int(image_id),
                 "category_id": int(inst.class_id) + 1,
                 "segmentation": seg,
-                "area": int(inst.area_px),
-                "bbox": [round(float(v), decimals) for v in inst.bbox_xywh_px],
+                "area": area,
+                "bbox": [round(float(v), decimals) for v in bbox],
                 "iscrowd": 0,
                 "score": float(inst.det_conf),
                 "sam_score": float(inst.sam_score),

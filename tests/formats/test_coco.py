@@ -105,7 +105,9 @@ def test_polygon_annotations(polys, n_polys):
         return
     [ann] = anns
     assert ann["id"] == 9 and ann["image_id"] == 5 and ann["category_id"] == 3 and ann["iscrowd"] == 0
-    assert ann["area"] == 77 and ann["bbox"] == [1.0, 2.0, 3.0, 4.0]
+    # area and bbox describe the written segmentation as pycocotools rasterises it, not the record's fields
+    rle = mask_utils.merge(mask_utils.frPyObjects(ann["segmentation"], 40, 40))
+    assert ann["area"] == int(mask_utils.area(rle)) and ann["bbox"] == mask_utils.toBbox(rle).tolist()
     assert (ann["score"], ann["sam_score"]) == (0.5, 0.7)
     assert len(ann["segmentation"]) == n_polys and all(len(p) >= 6 and len(p) % 2 == 0 for p in ann["segmentation"])
     mask_utils.frPyObjects(ann["segmentation"], 40, 40)  # does not crash
@@ -142,7 +144,12 @@ def test_file_loads_in_pycocotools_and_scores_ap_1_against_itself(tmp_path, segm
     for (_, _, insts), img_id in zip(images(), sorted(gt.imgs)):
         anns = gt.loadAnns(gt.getAnnIds(imgIds=[img_id]))
         for inst, ann in zip(insts, anns):
-            assert ann["area"] == inst.mask.area_px and ann["iscrowd"] == 0
+            # area / bbox are those of the segmentation as written, exactly as pycocotools rasterises it
+            rle = gt.annToRLE(ann)
+            assert ann["area"] == int(mask_utils.area(rle)) and ann["iscrowd"] == 0
+            np.testing.assert_allclose(ann["bbox"], mask_utils.toBbox(rle), atol=0.01)
+            if segmentation == "rle":
+                assert ann["area"] == inst.mask.area_px  # the exact mask
             assert ann["category_id"] == inst.class_id + 1 and math.isclose(ann["score"], inst.det_conf)
             decoded = gt.annToMask(ann).astype(bool)
             if segmentation == "rle":
@@ -160,6 +167,42 @@ def test_file_loads_in_pycocotools_and_scores_ap_1_against_itself(tmp_path, segm
     quiet(ev.accumulate)
     quiet(ev.summarize)
     assert ev.stats[0] == pytest.approx(1.0) and ev.stats[1] == pytest.approx(1.0)
+    ev = COCOeval(gt, quiet(gt.loadRes, [{**{k: a[k] for k in ("image_id", "category_id", "score", "bbox")}}
+                                         for a in gt.dataset["annotations"]]), "bbox")  # fmt: skip
+    quiet(ev.evaluate)
+    quiet(ev.accumulate)
+    quiet(ev.summarize)
+    assert ev.stats[0] == pytest.approx(1.0)  # the boxes agree with the segmentations they describe
+
+
+def test_area_and_bbox_agree_with_ann_to_mask_on_realistic_masks(tmp_path):
+    """Synthetic shapes and blobs with holes and several parts, default polygon settings: pycocotools'
+    annToMask of each written segmentation has exactly the written area and box."""
+    from annotator.synthetic import make_shapes_image
+
+    poly = Polygonizer()
+    path = tmp_path / "ann.json"
+    n = 0
+    with CocoJsonWriter(path, coco_categories({0: "circle", 1: "rectangle", 2: "triangle"})) as w:
+        for seed in range(6):
+            _, gt_objects = make_shapes_image(seed, (240, 320), n_objects=(3, 5))
+            insts = []
+            for k, obj in enumerate(gt_objects):
+                m = np.asarray(obj.mask, bool)
+                if k % 2:  # punch a hole and add a detached part: multi-part masks with holes
+                    ys, xs = np.nonzero(m)
+                    cy, cx = int(ys.mean()), int(xs.mean())
+                    m = m & ~disk((cx, cy), 3, m.shape) | disk((5, 5 + 10 * k), 4, m.shape)
+                insts.append(instance(m, int(obj.class_id)))
+            w.add_image(f"{seed}.png", (240, 320), poly(insts))
+            n += len(insts)
+    gt = quiet(COCO, str(path))
+    assert len(gt.anns) == n
+    for ann in gt.dataset["annotations"]:
+        m = gt.annToMask(ann)
+        ys, xs = np.nonzero(m)
+        assert ann["area"] == int(m.sum())
+        assert ann["bbox"] == [float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1), float(ys.max() - ys.min() + 1)]
 
 
 def test_exception_inside_the_block_leaves_target_untouched_and_no_temp_files(tmp_path):
