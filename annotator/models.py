@@ -12,25 +12,42 @@ When none applies, :class:`~annotator.errors.WeightsNotFoundError` says, in one 
 and how to supply it, before any image is processed. Nothing is ever pip-installed at run time: importing
 this module sets ``YOLO_AUTOINSTALL=false`` unless the user set it.
 
-Loading is safe by default: nothing pickled in a checkpoint runs. SAM checkpoints (plain state dicts) load
-with ``torch.load(weights_only=True)``; the YOLO detector loads through Ultralytics' own allow-list loader
-(``weights_only=True`` plus the Ultralytics / torch model classes the checkpoint names; the
-``ULTRALYTICS_SAFE_LOAD`` mode, switched on for our loads only). A checkpoint that needs anything else is
-refused with one line naming the offending global; ``trust_weights`` (``--trust-weights``) loads it the old,
-unrestricted way, for files you trust (pin them by SHA-256 with ``weights_sha256``). A truncated or corrupt
-file is reported as such.
+Loading is safe by default: nothing pickled in a checkpoint runs.
+
+* SAM / SAM 2 checkpoints (state dicts, or ``{"model": state dict}``) load with
+  ``torch.load(weights_only=True)``: tensors and plain containers only.
+* The YOLO detector loads through Ultralytics' own allow-list loader (``ultralytics.nn.tasks._SafeLoad``, the
+  ``ULTRALYTICS_SAFE_LOAD`` mode, switched on for our loads only): ``torch.load(weights_only=True)`` with the
+  globals the checkpoint names registered when they are ``nn.Module`` classes of ``ultralytics.nn.modules`` /
+  ``ultralytics.nn.tasks`` / ``torch.nn.modules``, or Ultralytics' fixed data globals (``IterableSimpleNamespace``,
+  numpy dtypes and scalars, paths, a ``getattr`` limited to module attributes). So every YOLO / -seg / -pose /
+  -obb checkpoint Ultralytics saves loads, and the model is built from the safely loaded file (no second load).
+  Only ``.pt`` files go through that loader: other suffixes (exports) need ``trust_weights``, as does an
+  Ultralytics / torch too old to have it.
+
+A checkpoint that needs anything else (``os.system``, a class of another package) is refused with one line
+naming the offending global, read from the file's pickle without running it; ``trust_weights``
+(``--trust-weights``) loads it the old, unrestricted way, for files you trust (pin them by SHA-256 with
+``weights_sha256``). Before any unpickling, a file is checked to be a whole checkpoint (not empty, a zip archive
+not cut short and passing its CRC-32 checks, or a pickle): a truncated, corrupt or non-checkpoint file is
+reported as such in one line, in both modes.
 """
 
 from __future__ import annotations
 
-import contextlib
 import difflib
 import os
-import pickle
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from annotator.checkpoints import (
+    check_intact,
+    corrupt,
+    load_failure,
+    reason,
+    require_safe_det_loader,
+    ultralytics_safe_load,
+)
 from annotator.errors import ModelLoadError, WeightsNotFoundError
 
 os.environ.setdefault("YOLO_AUTOINSTALL", "false")  # never pip-install at run time
@@ -159,82 +176,42 @@ def resolve_models(det_model: str, sam_model: str, *, weights_dir: Path | None =
     return ResolvedModels(det, sam, sam_name, family)
 
 
-_SAFE_LOAD_LOCK = threading.Lock()
-
-
-@contextlib.contextmanager
-def _ultralytics_safe_load(enabled: bool):
-    """Switch Ultralytics' allow-list loader (``ULTRALYTICS_SAFE_LOAD``) on or off for one load."""
-    from ultralytics.nn import tasks
-
-    with _SAFE_LOAD_LOCK:
-        saved = tasks.SAFE_LOAD
-        tasks.SAFE_LOAD = bool(enabled)
-        try:
-            yield
-        finally:
-            tasks.SAFE_LOAD = saved
-
-
-def _unsafe_globals(path: Path, allowed: set[str]) -> list[str]:
-    """Globals a checkpoint names that are not in ``allowed`` (e.g. ``['posix.system']``)."""
-    import torch
-
-    try:
-        needed = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
-    except Exception:  # noqa: BLE001 - not a zip checkpoint: nothing to name
-        return []
-    return [g for g in needed if g not in allowed]
-
-
-def _refused(role: str, path: Path, offending: list[str]) -> ModelLoadError:
-    what = ", ".join(offending[:3]) + (" ..." if len(offending) > 3 else "") if offending else "unknown objects"
-    return ModelLoadError(
-        f"{role} {str(path)!r} holds Python objects outside the safe allow-list ({what}); loading it would run "
-        f"their code: load it only if you trust it, with --trust-weights (trust_weights: true)"
-    )
-
-
-def _corrupt(role: str, path: Path, e: BaseException) -> ModelLoadError:
-    msg = " ".join(str(e).split())[:200]
-    return ModelLoadError(
-        f"{role} {str(path)!r} is a truncated or corrupt checkpoint ({type(e).__name__}: {msg}); copy or download "
-        f"the file again"
-    )
-
-
-def _is_damaged(e: BaseException) -> bool:
-    text = str(e)
-    return isinstance(e, EOFError) or "PytorchStreamReader" in text or "truncated" in text or "corrupt" in text or (
-        isinstance(e, pickle.UnpicklingError) and "Weights only load failed" not in text
-    )
-
-
 def load_yolo(path: Path, *, trust: bool = False):
     """Load an Ultralytics YOLO model (detect or segment task) from a local file.
 
+    By default through Ultralytics' allow-list loader: ``torch.load(weights_only=True)`` with the globals a
+    genuine Ultralytics checkpoint names registered (see the module docstring).
+
     Args:
         path: the ``.pt`` file.
-        trust: load with full unpickling (runs code pickled in the file). Default: the allow-list loader.
+        trust: load with full unpickling (runs code pickled in the file), and any format Ultralytics reads.
 
     Raises:
-        ModelLoadError: one line: outside the allow-list (names the global), truncated/corrupt, or not a detector.
+        ModelLoadError: one line: outside the allow-list (names the global), truncated/corrupt, not a ``.pt``
+            file, or not a detector.
     """
+    path = Path(path)
+    if not trust:
+        require_safe_det_loader(path)
+    if path.suffix.lower() == ".pt":
+        check_intact("det_model", path)
     from ultralytics import YOLO
 
     try:
-        with _ultralytics_safe_load(not trust):
+        with ultralytics_safe_load(not trust):
             model = YOLO(str(path))
     except Exception as e:
-        cause = e.__cause__ or e
-        if not trust and ("outside the supported Ultralytics checkpoint format" in str(e) or "Weights only" in str(cause)):
-            from ultralytics.nn.tasks import _SafeLoad
-
-            allowed = set(_SafeLoad._registry or {})
-            raise _refused("det_model", path, _unsafe_globals(path, allowed)) from None
-        if "truncated" in str(e) or _is_damaged(cause):
-            raise _corrupt("det_model", path, cause) from None
-        raise ModelLoadError(f"det_model {str(path)!r} is not a loadable Ultralytics YOLO model: {type(e).__name__}: {e}") from None
+        known = load_failure("det_model", path, e, trust)
+        if known is not None:
+            raise known from None
+        if "outside the supported Ultralytics checkpoint format" in str(e):  # the file holds no model object
+            raise ModelLoadError(
+                f"det_model {str(path)!r} holds no Ultralytics YOLO model (a SAM or state-dict file?); pass a "
+                f"checkpoint saved by Ultralytics (training's best.pt, or model.save())"
+            ) from None
+        raise ModelLoadError(
+            f"det_model {str(path)!r} is not a loadable Ultralytics YOLO model: {reason(e)}"
+        ) from None
     if model.task not in ("detect", "segment", "obb", "pose"):
         raise ModelLoadError(f"det_model {str(path)!r} is a {model.task!r} model; a detection (or -seg) model is needed")
     return model
@@ -254,21 +231,21 @@ def load_sam(path: Path, sam_name: str, *, trust: bool = False):
     from ultralytics.models.sam.build import sam_model_map
     from ultralytics.utils.patches import torch_load
 
+    path = Path(path)
     builder = sam_model_map[sam_name]
+    check_intact("sam_model", path)
     try:
         with open(path, "rb") as f:
             state = torch_load(f, map_location="cpu") if trust else torch.load(f, map_location="cpu", weights_only=True)
     except Exception as e:
-        if not trust and "Weights only load failed" in str(e):
-            raise _refused("sam_model", path, _unsafe_globals(path, set())) from None
-        raise _corrupt("sam_model", path, e) from None
+        raise (load_failure("sam_model", path, e, trust) or corrupt("sam_model", path, reason(e))) from None
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]
     try:
         model = builder(None)
         model.load_state_dict(state)
     except Exception as e:
-        msg = str(e).splitlines()[0][:300]
+        msg = str(e).splitlines()[0][:300] if str(e) else ""
         raise ModelLoadError(
             f"sam_model {str(path)!r} does not hold {sam_name} weights ({type(e).__name__}: {msg}); the file name must "
             f"match its architecture"

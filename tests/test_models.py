@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -124,13 +125,33 @@ class _Payload:
         return (open, (self.marker, "w"))
 
 
-def _with_payload(src, dst, marker, *, key="payload"):
+class _SystemPayload(_Payload):
+    """Pickles as ``os.system("echo > marker")``: the classic malicious checkpoint (a shell command)."""
+
+    def __reduce__(self):
+        import shlex
+
+        return (os.system, (f"echo > {shlex.quote(self.marker)}",))
+
+
+_PAYLOADS = {"open": (_Payload, r"(builtins|io)\.open"), "os.system": (_SystemPayload, r"(posix|nt)\.system")}
+
+
+def _with_payload(src, dst, marker, *, key="payload", payload=_Payload, **save_kw):
+    """``src``'s checkpoint with one more entry that runs code when unpickled, saved with ``torch.save``."""
     import torch
 
     ckpt = torch.load(src, map_location="cpu", weights_only=False)
-    ckpt[key] = _Payload(marker)
-    torch.save(ckpt, dst)
+    ckpt = ckpt if isinstance(ckpt, dict) and "model" in ckpt else {"model": ckpt}
+    ckpt[key] = payload(marker)
+    torch.save(ckpt, dst, **save_kw)
     return dst
+
+
+def _load(role, path, **kw):
+    from annotator.models import load_yolo
+
+    return load_yolo(path, **kw) if role == "det_model" else load_sam(path, "sam2_t.pt", **kw)
 
 
 def test_genuine_checkpoints_load_with_the_safe_default(tmp_path, shapes_detector, sam2_t_ckpt, mobile_sam_ckpt):
@@ -146,34 +167,55 @@ def test_genuine_checkpoints_load_with_the_safe_default(tmp_path, shapes_detecto
     assert type(load_sam(mobile_sam_ckpt, "mobile_sam.pt")).__name__ == "SAMModel"
 
 
+@pytest.mark.parametrize("payload", sorted(_PAYLOADS))
 @pytest.mark.parametrize("role", ["det_model", "sam_model"])
-def test_pickled_code_never_runs_without_trust(role, tmp_path, shapes_detector, sam2_t_ckpt):
-    import torch
-
-    from annotator.models import load_yolo
+def test_pickled_code_never_runs_without_trust(role, payload, tmp_path, shapes_detector, sam2_t_ckpt):
+    from ultralytics.nn import tasks
 
     marker = tmp_path / "code-ran"
-    if role == "det_model":
-        bad = _with_payload(shapes_detector, tmp_path / "best.pt", marker)
-        load = lambda **kw: load_yolo(bad, **kw)  # noqa: E731
-    else:
-        bad = tmp_path / "sam2_t.pt"
-        torch.save({"model": _Payload(marker)}, bad)
-        load = lambda **kw: load_sam(bad, "sam2_t.pt", **kw)  # noqa: E731
+    kind, offending = _PAYLOADS[payload]
+    src, bad = (shapes_detector, tmp_path / "best.pt") if role == "det_model" else (sam2_t_ckpt, tmp_path / "sam2_t.pt")
+    _with_payload(src, bad, marker, payload=kind)
+    safe_load_before = tasks.SAFE_LOAD
     with pytest.raises(ModelLoadError) as e:
-        load()
+        _load(role, bad)
     msg = str(e.value)
-    assert re.search(r"outside the safe allow-list \((builtins|io)\.open\)", msg) and "--trust-weights" in msg and "\n" not in msg
-    assert not marker.exists()  # nothing in the file ran
-    if role == "det_model":  # trusted: the old, unrestricted path (the payload runs: that is what trust means)
-        assert load(trust=True).task == "detect" and marker.exists()
+    assert re.fullmatch(
+        rf"{role} '.*' holds Python objects outside the safe allow-list \({offending}\): load it only if you trust "
+        r"it, with --trust-weights \(trust_weights: true\)",
+        msg,
+    ), msg
+    assert not marker.exists()  # nothing in the file ran, not even to name the global
+    assert tasks.SAFE_LOAD == safe_load_before  # Ultralytics' process-wide flag is put back
+
+
+@pytest.mark.parametrize("fmt", ["legacy", "protocol4"])
+@pytest.mark.parametrize("role", ["det_model", "sam_model"])
+def test_other_pickle_layouts_are_refused_naming_the_global(role, fmt, tmp_path, shapes_detector, sam2_t_ckpt):
+    """The pre-1.6 torch.save format and protocol-4 pickles (STACK_GLOBAL) are refused as well, the global named
+    from the pickle's opcodes (torch's own scan reads neither)."""
+    marker = tmp_path / "code-ran"
+    src, bad = (shapes_detector, tmp_path / "best.pt") if role == "det_model" else (sam2_t_ckpt, tmp_path / "sam2_t.pt")
+    save_kw = {"_use_new_zipfile_serialization": False} if fmt == "legacy" else {"pickle_protocol": 4}
+    _with_payload(src, bad, marker, payload=_SystemPayload, **save_kw)
+    with pytest.raises(ModelLoadError, match=r"outside the safe allow-list \((posix|nt)\.system\): .*--trust-weights"):
+        _load(role, bad)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("role", ["det_model", "sam_model"])
+def test_trust_takes_the_unrestricted_path(role, tmp_path, shapes_detector, sam2_t_ckpt):
+    """trust=True unpickles everything (the payload runs: that is what trust means) and the model still loads."""
+    marker = tmp_path / "code-ran"
+    src, bad = (shapes_detector, tmp_path / "best.pt") if role == "det_model" else (sam2_t_ckpt, tmp_path / "sam2_t.pt")
+    _with_payload(src, bad, marker)
+    model = _load(role, bad, trust=True)
+    assert marker.exists()
+    assert (model.task == "detect") if role == "det_model" else type(model).__name__ == "SAM2Model"
 
 
 def test_trust_weights_setting_reaches_the_loaders(tmp_path, shapes_detector, sam2_t_ckpt):
     """Through the real CLI: refused with exit 2 and one line; accepted with --trust-weights."""
-    import subprocess
-    import sys
-
     import cv2
     import numpy as np
 
@@ -192,11 +234,54 @@ def test_trust_weights_setting_reaches_the_loaders(tmp_path, shapes_detector, sa
 
 @pytest.mark.parametrize("role", ["det_model", "sam_model"])
 def test_truncated_checkpoint_is_named_as_such(role, tmp_path, shapes_detector, sam2_t_ckpt):
-    from annotator.models import load_yolo
-
     src = shapes_detector if role == "det_model" else sam2_t_ckpt
     cut = tmp_path / ("best.pt" if role == "det_model" else "sam2_t.pt")
     data = src.read_bytes()
     cut.write_bytes(data[: len(data) // 2])
-    with pytest.raises(ModelLoadError, match=f"^{role} .* is a truncated or corrupt checkpoint"):
-        load_yolo(cut) if role == "det_model" else load_sam(cut, "sam2_t.pt")
+    for trust in (False, True):  # checked before any unpickling, in both modes
+        with pytest.raises(ModelLoadError) as e:
+            _load(role, cut, trust=trust)
+        msg = str(e.value)
+        assert re.fullmatch(rf"{role} '.*' is a truncated or corrupt checkpoint \(.*cut short.*\); copy or .*", msg), msg
+        assert "does not hold" not in msg and "\n" not in msg
+
+
+def _corrupt_middle(data: bytes) -> bytes:
+    mid = len(data) // 2
+    return data[:mid] + bytes(1000) + data[mid + 1000 :]
+
+
+@pytest.mark.parametrize(
+    ("damage", "fragment"),
+    [
+        (lambda data: b"", "the file is empty"),
+        (_corrupt_middle, "Bad CRC-32"),  # torch.load itself would read these zeroed weights without a word
+        (lambda data: b"\x89PNG\r\n\x1a\n" + bytes(100), "not a PyTorch checkpoint"),
+        (lambda data: b"<html>404 Not Found</html>", "not a PyTorch checkpoint"),
+    ],
+    ids=["empty", "crc", "png", "html"],
+)
+@pytest.mark.parametrize("role", ["det_model", "sam_model"])
+def test_damaged_or_foreign_files_are_named_as_such(role, damage, fragment, tmp_path, shapes_detector, sam2_t_ckpt):
+    src = shapes_detector if role == "det_model" else sam2_t_ckpt
+    bad = tmp_path / ("best.pt" if role == "det_model" else "sam2_t.pt")
+    bad.write_bytes(damage(src.read_bytes()))
+    with pytest.raises(ModelLoadError, match=rf"^{role} .* is a truncated or corrupt checkpoint \(.*{fragment}"):
+        _load(role, bad)
+
+
+def test_detector_files_other_than_pt_need_trust(tmp_path, shapes_detector):
+    """Ultralytics loads any other suffix (exports, .pth) by its own means, outside the allow-list loader."""
+    from annotator.models import load_yolo
+
+    other = tmp_path / "best.pth"
+    shutil.copy(shapes_detector, other)
+    with pytest.raises(ModelLoadError, match=r"is not a \.pt checkpoint.*--trust-weights"):
+        load_yolo(other)
+
+
+def test_a_sam_file_given_as_detector_says_so(sam2_t_ckpt):
+    from annotator.models import load_yolo
+
+    with pytest.raises(ModelLoadError, match=r"holds no Ultralytics YOLO model"):
+        load_yolo(sam2_t_ckpt)
