@@ -9,9 +9,14 @@ The contract of the files written here (checked by the tests with ``pycocotools.
 * ``images``: ``{"id", "file_name", "height", "width"}``; ids are consecutive from 1 (id 0 silently scores
   AP 0 in pycocotools); ``file_name`` is the POSIX path relative to the data root.
 * ``annotations``: ids consecutive from 1 across the file;
-  ``bbox`` = ``[x, y, w, h]`` and ``area`` (pixels) of the segmentation *as written*, as pycocotools
-  rasterises it (``annToMask``): for polygons those of the simplified polygons (the union of the parts, holes
-  not represented), for RLE those of the exact mask;
+  ``area`` (pixel count, int) and ``bbox`` = ``[x, y, w, h]`` (whole pixels) describe the ``segmentation``
+  *as written*, exactly as pycocotools decodes it: they equal ``maskUtils.area`` / ``maskUtils.toBbox`` of
+  ``COCO.annToRLE(ann)``, i.e. the pixels of ``annToMask``. For polygons that is ``frPyObjects`` of the written
+  (offset, rounded) coordinates in the image's ``height x width`` raster, parts ``merge``d (union, holes not
+  represented) -- so neither the mask's pixel count nor its tight box, which the simplified polygons only
+  approximate (``PolygonInstance.area_px`` / ``bbox_xywh_px`` keep those, for the ledger); for RLE they are
+  those of the exact mask. An instance whose segmentation covers no pixel is not written (an empty ground
+  truth can never be matched, so the file would not score AP 1.0 against itself);
   ``iscrowd`` = 0 always, also for masks with holes or several parts (crowd regions are ignored by
   evaluators, which is not what a detection is);
   ``score`` = detector confidence; ``sam_score`` = the segmenter's predicted IoU (an extra field);
@@ -50,6 +55,7 @@ __all__ = [
     "coco_categories",
     "coco_image_entry",
     "instances_to_coco_annotations",
+    "segmentation_area_bbox",
 ]
 
 Segmentation = Literal["polygon", "rle"]
@@ -89,37 +95,69 @@ def coco_image_entry(image_id: int, file_name: str, image_hw: tuple[int, int]) -
     return {"id": int(image_id), "file_name": str(file_name), "height": h, "width": w}
 
 
-def _polygon_segmentation(polygons_xy_px: Sequence[np.ndarray], decimals: int) -> list[list[float]]:
-    out = []
+def _has_3_distinct(xy: np.ndarray) -> bool:
+    """True when the ``(K, 2)`` rows hold at least 3 distinct points (``np.unique(axis=0)`` costs ~10x more)."""
+    not_a = (xy != xy[0]).any(axis=1)
+    if not not_a.any():
+        return False
+    b = xy[int(np.argmax(not_a))]
+    return bool((not_a & (xy != b).any(axis=1)).any())
+
+
+def _polygon_segmentation(
+    polygons_xy_px: Sequence[np.ndarray], decimals: int
+) -> tuple[list[list[float]], float, float]:
+    """``(segmentation, max_x, max_y)``: the polygons as written (offset, rounded) and their extent."""
+    out: list[list[float]] = []
+    max_x = max_y = 0.0
     for poly in polygons_xy_px:
         # pixel index -> pixel centre in continuous coordinates (pixel c covers [c, c+1)): +0.5 px
         xy = np.round(np.asarray(poly, dtype=np.float64).reshape(-1, 2) + PIXEL_CENTRE_OFFSET_PX, decimals)
-        if len(np.unique(xy, axis=0)) < 3:
+        if len(xy) < 3 or not _has_3_distinct(xy):
             continue  # frPyObjects crashes on < 3 points; a degenerate ring has no area anyway
-        out.append([float(v) for v in xy.reshape(-1)])
-    return out
+        out.append(xy.reshape(-1).tolist())  # python floats: JSON writes (and reads back) exactly these values
+        mx, my = xy.max(axis=0)
+        max_x, max_y = max(max_x, float(mx)), max(max_y, float(my))
+    return out, max_x, max_y
 
 
-def segmentation_area_bbox(seg: list[list[float]] | dict) -> tuple[int, list[float]]:
-    """``(area, [x, y, w, h])`` of a COCO segmentation as pycocotools rasterises it (``annToMask``).
+def segmentation_area_bbox(
+    seg: list[list[float]] | dict, image_hw: tuple[int, int] | None = None
+) -> tuple[int, list[float]]:
+    """``(area, [x, y, w, h])`` of a COCO segmentation as pycocotools rasterises it (``COCO.annToMask``).
 
-    For polygons the raster size only has to hold them, so it is taken from their extent; the union of the
-    parts is measured (overlapping parts count once). For RLE: its own area and box (the exact mask).
+    Polygons: ``frPyObjects`` of the coordinates given (pass them exactly as written), ``merge``d (the union of
+    the parts: overlaps count once, holes do not exist), then ``area`` / ``toBbox`` -- the same calls
+    ``annToRLE`` makes, so the result equals what pycocotools reads back from the file, bit for bit.
+    ``image_hw`` is the raster size ``annToMask`` uses (the image entry's height and width); without it a raster
+    just large enough for the polygons is used, which gives the same pixels whenever the vertices lie inside the
+    image (pycocotools only clips at the raster border). RLE: its own area and box (the exact mask).
+    An empty result is ``(0, [0.0, 0.0, 0.0, 0.0])``.
 
     Example:
         >>> segmentation_area_bbox([[10.5, 10.5, 10.5, 30.5, 30.5, 30.5, 30.5, 10.5]])
         (400, [11.0, 11.0, 20.0, 20.0])
+        >>> segmentation_area_bbox([[10.5, 10.5, 10.5, 30.5, 30.5, 30.5, 30.5, 10.5]], image_hw=(20, 20))
+        (81, [11.0, 11.0, 9.0, 9.0])
     """
     from pycocotools import mask as mask_utils
 
     if isinstance(seg, dict):
-        rle = {"size": seg["size"], "counts": seg["counts"].encode() if isinstance(seg["counts"], str) else seg["counts"]}
+        counts = seg["counts"]
+        counts = counts.encode("ascii") if isinstance(counts, str) else counts
+        rle = {"size": [int(v) for v in seg["size"]], "counts": counts}
+        if isinstance(rle["counts"], list):  # uncompressed RLE, as annToRLE reads it
+            rle = mask_utils.frPyObjects(rle, *rle["size"])
     else:
-        flat = np.concatenate([np.asarray(p, dtype=np.float64) for p in seg])
-        w = int(np.ceil(flat[0::2].max())) + 2
-        h = int(np.ceil(flat[1::2].max())) + 2
-        rle = mask_utils.merge(mask_utils.frPyObjects([list(map(float, p)) for p in seg], h, w))
-    return int(mask_utils.area(rle)), [float(v) for v in mask_utils.toBbox(rle)]
+        if not seg:
+            return 0, [0.0, 0.0, 0.0, 0.0]
+        if image_hw is None:
+            flat = np.concatenate([np.asarray(p, dtype=np.float64) for p in seg])
+            h, w = int(np.ceil(max(flat[1::2].max(), 0.0))) + 2, int(np.ceil(max(flat[0::2].max(), 0.0))) + 2
+        else:
+            h, w = (int(v) for v in image_hw)
+        rle = mask_utils.merge(mask_utils.frPyObjects(seg, h, w))
+    return int(mask_utils.area(rle)), mask_utils.toBbox(rle).tolist()
 
 
 def instances_to_coco_annotations(
@@ -129,8 +167,13 @@ def instances_to_coco_annotations(
     first_annotation_id: int,
     segmentation: Segmentation = "polygon",
     decimals: int = 2,
+    image_hw: tuple[int, int] | None = None,
 ) -> list[dict]:
     """COCO annotations for the instances of one image, ids ``first_annotation_id, +1, ...`` (see module doc).
+
+    ``area`` and ``bbox`` are computed from the segmentation written (:func:`segmentation_area_bbox`), not
+    taken from ``PolygonInstance.area_px`` / ``bbox_xywh_px`` (those describe the mask, which polygons only
+    approximate). An instance whose segmentation covers no pixel is skipped.
 
     Args:
         instances: polygonized instances of the image.
@@ -139,6 +182,8 @@ def instances_to_coco_annotations(
         segmentation: ``"polygon"`` (instances without a valid polygon are skipped) or ``"rle"`` (needs
             ``PolygonInstance.rle``: run the ``Polygonizer`` with ``with_rle=True``).
         decimals: digits kept for polygon and box coordinates.
+        image_hw: ``(H, W)`` of the image, the raster pycocotools decodes polygons into; ``None`` uses one just
+            large enough for the polygons (the same result for polygons inside the image).
     """
     if segmentation not in ("polygon", "rle"):
         raise ValueError(f"segmentation must be 'polygon' or 'rle', got {segmentation!r}")
@@ -147,6 +192,8 @@ def instances_to_coco_annotations(
             f"COCO ids start at 1 (id 0 breaks pycocotools evaluation), got image_id={image_id}, "
             f"first_annotation_id={first_annotation_id}"
         )
+    from pycocotools import mask as mask_utils
+
     anns = []
     next_id = int(first_annotation_id)
     for inst in instances:
@@ -156,12 +203,25 @@ def instances_to_coco_annotations(
                     "segmentation='rle' needs PolygonInstance.rle; build the instances with "
                     "Polygonizer(with_rle=True) or write segmentation='polygon'"
                 )
-            seg: list | dict = {"size": [int(v) for v in inst.rle["size"]], "counts": str(inst.rle["counts"])}
+            counts = inst.rle["counts"]
+            seg: list | dict = {
+                "size": [int(v) for v in inst.rle["size"]],
+                "counts": counts.decode("ascii") if isinstance(counts, bytes) else str(counts),
+            }
+            area, bbox = segmentation_area_bbox(seg)
         else:
-            seg = _polygon_segmentation(inst.polygons_xy_px, decimals)
+            seg, max_x, max_y = _polygon_segmentation(inst.polygons_xy_px, decimals)
             if not seg:
                 continue
-        area, bbox = segmentation_area_bbox(seg)
+            # segmentation_area_bbox inlined (the extent is known already): frPyObjects -> merge -> area / toBbox
+            if image_hw is None:
+                h, w = int(np.ceil(max_y)) + 2, int(np.ceil(max_x)) + 2
+            else:
+                h, w = int(image_hw[0]), int(image_hw[1])
+            rle = mask_utils.merge(mask_utils.frPyObjects(seg, h, w))
+            area, bbox = int(mask_utils.area(rle)), mask_utils.toBbox(rle).tolist()
+        if area == 0:
+            continue  # e.g. a zero-width sliver: an empty ground truth can never be matched (self-AP 0.5, not 1)
         anns.append(
             {
                 "id": next_id,
@@ -259,6 +319,7 @@ class CocoJsonWriter:
             first_annotation_id=self.num_annotations + 1,
             segmentation=self.segmentation,
             decimals=self.decimals,
+            image_hw=(entry["height"], entry["width"]),
         )
         unknown = sorted({a["category_id"] - 1 for a in anns if a["category_id"] not in self._category_ids})
         if unknown:

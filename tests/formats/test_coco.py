@@ -158,6 +158,11 @@ def test_file_loads_in_pycocotools_and_scores_ap_1_against_itself(tmp_path, segm
                 full = fill_holes(inst.mask.to_full())  # polygons carry no holes; pycocotools reads the
                 assert (decoded & full).sum() / (decoded | full).sum() > 0.85  # vertices half a pixel inside
 
+    assert_self_ap_is_1(gt)
+
+
+def assert_self_ap_is_1(gt: COCO) -> None:
+    """COCOeval of the file's own annotations as detections: AP 1.0 for segm (also AP50) and for bbox."""
     dets = [{"image_id": a["image_id"], "category_id": a["category_id"], "score": a["score"],
              "segmentation": {**(r := gt.annToRLE(a)), "counts": r["counts"].decode() if isinstance(r["counts"], bytes)
                               else r["counts"]}} for a in gt.dataset["annotations"]]  # fmt: skip
@@ -175,34 +180,115 @@ def test_file_loads_in_pycocotools_and_scores_ap_1_against_itself(tmp_path, segm
     assert ev.stats[0] == pytest.approx(1.0)  # the boxes agree with the segmentations they describe
 
 
-def test_area_and_bbox_agree_with_ann_to_mask_on_realistic_masks(tmp_path):
-    """Synthetic shapes and blobs with holes and several parts, default polygon settings: pycocotools'
-    annToMask of each written segmentation has exactly the written area and box."""
+def random_blob(rng: np.random.Generator, hw: tuple[int, int]) -> np.ndarray:
+    """1-3 separate clusters of overlapping random ellipses (several parts, concave, some thin), 0-3 holes."""
+    m = np.zeros(hw, np.uint8)
+    for _ in range(rng.integers(1, 4)):
+        cx, cy = rng.integers(0, hw[1]), rng.integers(0, hw[0])  # may touch or cross the image border
+        for _ in range(rng.integers(1, 6)):
+            centre = (int(cx + rng.integers(-25, 26)), int(cy + rng.integers(-25, 26)))
+            axes = (int(rng.integers(1, 40)), int(rng.integers(1, 40)))
+            cv2.ellipse(m, centre, axes, float(rng.uniform(0, 180)), 0, 360, 1, -1)
+    ys, xs = np.nonzero(m)
+    for _ in range(rng.integers(0, 4) if len(ys) else 0):
+        i = rng.integers(len(ys))
+        cv2.circle(m, (int(xs[i]), int(ys[i])), int(rng.integers(1, 8)), 0, -1)
+    return m.astype(bool)
+
+
+def realistic_instances(hw: tuple[int, int], n_images: int) -> list[list[Instance]]:
+    """Per image: annotator.synthetic shapes (every other one with a hole punched and a detached part added)
+    and random blobs with holes and several parts."""
     from annotator.synthetic import make_shapes_image
 
-    poly = Polygonizer()
+    rng = np.random.default_rng(1)
+    out = []
+    for seed in range(n_images):
+        _, objects = make_shapes_image(seed, hw, n_objects=(3, 5))
+        insts = []
+        for k, obj in enumerate(objects):
+            m = np.asarray(obj.mask, bool)
+            if k % 2:
+                ys, xs = np.nonzero(m)
+                m = m & ~disk((int(xs.mean()), int(ys.mean())), 3, hw) | disk((5, 5 + 10 * k), 4, hw)
+            insts.append(instance(m, int(obj.class_id), det_conf=float(rng.uniform(0.3, 1.0))))
+        for _ in range(4):
+            m = random_blob(rng, hw)
+            if m.any():
+                insts.append(instance(m, int(rng.integers(0, 3)), det_conf=float(rng.uniform(0.3, 1.0))))
+        out.append(insts)
+    return out
+
+
+@pytest.mark.parametrize("segmentation", ["polygon", "rle"])
+def test_area_and_bbox_equal_what_pycocotools_decodes_on_realistic_masks(tmp_path, segmentation):
+    """Shapes and blobs with holes and several parts, default Polygonizer settings, the real writer: for every
+    annotation ``area`` and ``bbox`` equal pycocotools' ``area`` / ``toBbox`` of ``annToRLE(ann)`` and the
+    pixel count / tight box of ``annToMask(ann)`` exactly (tolerance 0: the writer runs the same
+    rasterisation on the same coordinates); the file scores AP 1.0 against itself for segm and bbox."""
+    hw = (240, 320)
+    poly = Polygonizer(with_rle=True)  # with_rle only attaches the RLE; polygons are the defaults'
     path = tmp_path / "ann.json"
-    n = 0
-    with CocoJsonWriter(path, coco_categories({0: "circle", 1: "rectangle", 2: "triangle"})) as w:
-        for seed in range(6):
-            _, gt_objects = make_shapes_image(seed, (240, 320), n_objects=(3, 5))
-            insts = []
-            for k, obj in enumerate(gt_objects):
-                m = np.asarray(obj.mask, bool)
-                if k % 2:  # punch a hole and add a detached part: multi-part masks with holes
-                    ys, xs = np.nonzero(m)
-                    cy, cx = int(ys.mean()), int(xs.mean())
-                    m = m & ~disk((cx, cy), 3, m.shape) | disk((5, 5 + 10 * k), 4, m.shape)
-                insts.append(instance(m, int(obj.class_id)))
-            w.add_image(f"{seed}.png", (240, 320), poly(insts))
-            n += len(insts)
+    n_parts = n_holes = 0
+    mask_areas: list[int] = []
+    with CocoJsonWriter(path, coco_categories({0: "circle", 1: "rectangle", 2: "triangle"}),
+                        segmentation=segmentation) as w:  # fmt: skip
+        for i, insts in enumerate(realistic_instances(hw, 6)):
+            pinsts = poly(insts)
+            w.add_image(f"{i}.png", hw, pinsts)
+            mask_areas += [p.area_px for p in pinsts]
+            n_parts += sum(len(p.polygons_xy_px) > 1 for p in pinsts)
+            n_holes += sum((fill_holes(m) != m).any() for m in (inst.mask.to_full() for inst in insts))
+    assert n_parts >= 10 and n_holes >= 10  # the cases where mask and polygons differ most are well covered
     gt = quiet(COCO, str(path))
-    assert len(gt.anns) == n
-    for ann in gt.dataset["annotations"]:
-        m = gt.annToMask(ann)
+    assert len(gt.anns) == len(mask_areas) >= 40  # nothing skipped
+    for ann, mask_area in zip(gt.dataset["annotations"], mask_areas):
+        rle = gt.annToRLE(ann)
+        assert ann["area"] == int(mask_utils.area(rle)) and isinstance(ann["area"], int)
+        assert ann["bbox"] == mask_utils.toBbox(rle).tolist()
+        m = gt.annToMask(ann).astype(bool)
         ys, xs = np.nonzero(m)
-        assert ann["area"] == int(m.sum())
-        assert ann["bbox"] == [float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1), float(ys.max() - ys.min() + 1)]
+        assert ann["area"] == int(m.sum()) > 0
+        assert ann["bbox"] == [float(xs.min()), float(ys.min()), float(np.ptp(xs) + 1), float(np.ptp(ys) + 1)]
+        if segmentation == "polygon":
+            # rasterising the polygon set on the exact written coordinates: the same as decoding the file
+            rle2 = mask_utils.merge(mask_utils.frPyObjects(ann["segmentation"], *hw))
+            assert int(mask_utils.area(rle2)) == ann["area"]
+        else:
+            assert ann["area"] == mask_area  # the exact mask
+    if segmentation == "polygon":  # the simplified polygons are not the mask: its pixel count would be wrong
+        assert sum(a["area"] != m for a, m in zip(gt.dataset["annotations"], mask_areas)) > len(mask_areas) // 2
+    assert_self_ap_is_1(gt)
+
+
+def test_polygon_area_uses_the_image_raster_and_empty_segmentations_are_not_written():
+    """Vertices outside the image are clipped by pycocotools to the image's raster, so area / bbox are those of
+    ``annToMask`` in the image; a sliver with 3 distinct vertices but no pixel (Ultralytics-compat polygons of a
+    1-pixel-wide line) is skipped, like an instance without a polygon."""
+    big = poly_inst([[[0, 0], [0, 39], [39, 39], [39, 0]]])
+    [ann] = instances_to_coco_annotations([big], image_id=1, first_annotation_id=1, image_hw=(20, 30))
+    rle = mask_utils.merge(mask_utils.frPyObjects(ann["segmentation"], 20, 30))
+    assert (ann["area"], ann["bbox"]) == (int(mask_utils.area(rle)), mask_utils.toBbox(rle).tolist())
+    assert ann["area"] <= 20 * 30 and ann["bbox"][0] + ann["bbox"][2] <= 30 and ann["bbox"][1] + ann["bbox"][3] <= 20
+
+    line = np.zeros((40, 40), bool)
+    line[5, 5:20] = line[5:20, 19] = True
+    [sliver] = Polygonizer(compat="ultralytics")([instance(line, 0)])
+    assert len(sliver.polygons_xy_px[0]) >= 3
+    anns = instances_to_coco_annotations([sliver, poly_inst([SQ])], image_id=1, first_annotation_id=1)
+    assert [a["id"] for a in anns] == [1] and anns[0]["area"] > 0
+
+
+def test_rle_area_and_bbox_are_the_masks():
+    """RLE segmentation: area / bbox are those of the exact mask, also when counts arrive as bytes."""
+    m = disk((20, 20), 12, (40, 50)) & ~disk((20, 20), 4, (40, 50)) | disk((44, 35), 3, (40, 50))
+    [p] = Polygonizer(with_rle=True)([instance(m, 0)])
+    as_bytes = PolygonInstance(0, 0.5, 0.5, p.polygons_xy_px, p.area_px, p.bbox_xywh_px,
+                               {**p.rle, "counts": p.rle["counts"].encode()})  # fmt: skip
+    for inst in (p, as_bytes):
+        [ann] = instances_to_coco_annotations([inst], image_id=1, first_annotation_id=1, segmentation="rle")
+        assert ann["segmentation"] == p.rle and ann["area"] == int(m.sum()) == p.area_px
+        assert ann["bbox"] == list(p.bbox_xywh_px)
 
 
 def test_exception_inside_the_block_leaves_target_untouched_and_no_temp_files(tmp_path):
