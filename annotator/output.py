@@ -226,16 +226,21 @@ class DatasetWriter:
     def close(self) -> None:
         """Write ``data.yaml`` (+ the list of labelled images), ``scores.csv`` and the COCO JSON, in input order."""
         t0 = time.perf_counter()
-        rows = [(it, self.ledger.get(it.rel_path)) for it in self.plan.all_items]
-        done = [(it, r) for it, r in rows if r is not None and r.status in _PROCESSED and r.image_hw is not None]
         if self.cfg.writes_yolo:
-            self._write_data_yaml([it for it, _ in done if self._labelled(it.rel_path)])
-        self._write_scores(done)
+            self._write_data_yaml([it for it, _ in self._done() if self._labelled(it.rel_path)])
+        self._write_scores(self._done())
         if self.cfg.writes_coco:
-            self._write_coco(done)
+            self._write_coco(self._done())
         if self.ledger.meta("output_fp") != self.plan.output_fp:
             self.ledger.set_meta("output_fp", self.plan.output_fp)
         self.seconds += time.perf_counter() - t0
+
+    def _done(self):
+        """``(item, ledger row)`` of every processed input, in input order, streamed: memory stays flat."""
+        for it in self.plan.all_items:
+            r = self.ledger.get(it.rel_path)
+            if r is not None and r.status in _PROCESSED and r.image_hw is not None:
+                yield it, r
 
     def _write_data_yaml(self, labelled: list[SourceItem]) -> None:
         names = self._dense_names()
