@@ -1,38 +1,91 @@
 """Segmenter stage: SAM / SAM 2 / MobileSAM with box prompts -> :class:`~annotator.records.Instance` lists.
 
-The work per batch of images:
+Three steps, so that an engine can run them on different threads (``__call__`` chains them):
 
-1. letterbox each image to the model's square input (1024 px, top-left aligned, as Ultralytics' SAM
-   predictor does), normalise, and run the image encoder on the whole batch at once -- on a CPU, the images
-   are instead encoded one per task by parallel worker threads (:func:`default_cpu_workers`), which uses
-   the cores better than torch's intra-op threads and than batching do;
-2. per image, run the prompt encoder and mask decoder once for *all* its boxes;
-3. keep a mask only when its SAM score is above ``min_score`` (Ultralytics' SAM ``conf``) and it is not
-   empty, and build each :class:`Instance` from *its own* detection (class id, detector confidence, box):
-   a dropped mask never shifts the others' classes;
-4. upsample the 256x256 mask logits to the original image only inside the window where the mask can be
-   positive (``mask_upsample="crop"``), threshold at 0 and keep the tight crop. ``"full"`` upsamples whole
-   masks with Ultralytics' own ``scale_masks``, for exact comparisons. The two agree up to float rounding
-   of the bilinear weights (pixels whose logit is within ~1e-6 of 0).
+1. :meth:`Segmenter.prepare` (CPU pool, numpy/cv2 only): letterbox one image to the 1024 px square input,
+   top-left aligned, pad 114, RGB, as Ultralytics' SAM predictor does;
+2. :meth:`Segmenter.infer` (the model thread): upload a batch of prepared images, normalise on the device, run
+   the image encoder on fixed-shape chunks of ``encoder_batch`` images (on a CPU, ``cpu_workers`` threads
+   encode one chunk per task instead, see :func:`default_cpu_workers`), then the prompt encoder and mask
+   decoder once for all boxes of all images (each box indexes its image's features) and one device-to-host
+   copy of all low-res logits and scores: a :class:`SamOutput` per image;
+3. :meth:`Segmenter.finish` (CPU pool): keep a mask only when its SAM score is above ``min_score``
+   (Ultralytics' SAM ``conf``) and it is not empty, upsample it to the image (see :mod:`annotator.mask_upsample`)
+   and build each :class:`Instance` from *its own* detection (class id, detector confidence, box): a dropped
+   mask never shifts the others' classes.
 
-Torch and the device stay inside this module: numpy in, numpy out.
+``mask_upsample="full"`` (``compat="ultralytics"``) keeps Ultralytics' exact results: its whole-image
+``scale_masks``, and the decoder run per image as Ultralytics runs it (the batched decoder differs in the last
+float bits, ~1e-6, which could move a pixel on the threshold).
+
+Example:
+    >>> seg = Segmenter(Path("sam2_t.pt"), "sam2_t.pt", "sam2", device="cpu")  # doctest: +SKIP
+    >>> x = np.stack([seg.prepare(im) for im in images_bgr])  # (B, 1024, 1024, 3) uint8  # doctest: +SKIP
+    >>> outs = seg.infer(x, [im.shape[:2] for im in images_bgr], dets)  # doctest: +SKIP
+    >>> [seg.finish(o, d, im.shape[:2]) for o, d, im in zip(outs, dets, images_bgr)]  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
+from annotator import sam_ops
 from annotator.detect import TorchThreads
+from annotator.mask_upsample import LOWRES_PX, SAM_INPUT_PX, MaskFinisher
 from annotator.models import load_sam
-from annotator.records import Detections, Instance, MaskCrop
+from annotator.records import Detections, Instance
 
-SAM_INPUT_PX = 1024  # square input side of every SAM / SAM 2 image encoder
-_LOWRES_PX = 256  # side of the mask decoder's logits
+__all__ = ["SAM_INPUT_PX", "MaskFinisher", "SamOutput", "Segmenter", "default_cpu_workers", "letterbox_rgb", "usable_cores"]
+
+
+@dataclass(frozen=True)
+class SamOutput:
+    """The decoder's output for the ``N`` boxes of one image, in detection order (host numpy).
+
+    Attributes:
+        logits_lowres: ``(N, 256, 256)`` float32 mask logits in the letterboxed low-res frame.
+        scores: ``(N,)`` float32 SAM scores (predicted IoU).
+    """
+
+    logits_lowres: np.ndarray
+    scores: np.ndarray
+
+    @classmethod
+    def empty(cls) -> SamOutput:
+        return cls(np.zeros((0, LOWRES_PX, LOWRES_PX), np.float32), np.zeros((0,), np.float32))
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+
+def letterbox_rgb(image_bgr: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """``(H, W, 3)`` uint8 BGR -> ``(1024, 1024, 3)`` uint8 RGB, resized (bilinear) into the top-left corner, pad 114.
+
+    Exactly Ultralytics' ``LetterBox((1024, 1024), auto=False, center=False)`` followed by BGR->RGB (tested), in
+    numpy/cv2 only. ``out``: an optional ``(1024, 1024, 3)`` uint8 buffer to write into (e.g. a pinned batch row).
+
+    Example:
+        >>> letterbox_rgb(np.zeros((480, 640, 3), np.uint8))[767:769, 0, 0].tolist()  # content ends at row 768
+        [0, 114]
+    """
+    import cv2
+
+    h, w = image_bgr.shape[:2]
+    r = min(SAM_INPUT_PX / h, SAM_INPUT_PX / w)
+    nw, nh = max(round(w * r), 1), max(round(h * r), 1)
+    resized = image_bgr if (w, h) == (nw, nh) else cv2.resize(image_bgr, (nw, nh), interpolation=cv2.INTER_LINEAR)
+    if out is None:
+        out = np.empty((SAM_INPUT_PX, SAM_INPUT_PX, 3), np.uint8)
+    out[:nh, :nw] = resized[..., ::-1]
+    out[nh:] = 114
+    out[:nh, nw:] = 114
+    return out
 
 
 class Segmenter:
@@ -45,7 +98,16 @@ class Segmenter:
         device: ``""`` (auto), ``"cpu"``, ``"0"``, ``"cuda:1"``...
         half: bf16 autocast on CUDA (ignored on CPU).
         min_score: drop masks whose SAM score is ``<=`` this.
-        mask_upsample: ``"crop"`` (fast, default) or ``"full"`` (Ultralytics' exact whole-image upsampling).
+        mask_upsample: ``"crop"`` (fast, default) or ``"full"`` (Ultralytics' exact whole-image upsampling and
+            per-image decoder calls).
+
+    Attributes (settable):
+        encoder_batch: images per image-encoder call (1). On CUDA the last chunk of a batch is padded up to it, so
+            every call has one shape (``torch.compile`` / CUDA graphs); set it to the engine's batch size there.
+        cpu_workers: CPU only: threads that encode one chunk each in parallel (:func:`default_cpu_workers`).
+        max_decoder_boxes: boxes per mask-decoder call (256 on CUDA: ~40 MB of features per box in fp32; 4 on a
+            CPU, where small calls are faster). The calls group boxes by position, not by image.
+        batch_decoder: one decoder call for the boxes of all images (default), or one per image (compat mode).
     """
 
     def __init__(
@@ -70,18 +132,67 @@ class Segmenter:
         self.min_score = float(min_score)
         self.mask_upsample = mask_upsample
         self._autocast_dtype = torch.bfloat16 if (half and self.device.type == "cuda") else None
-        self._mean = torch.tensor([123.675, 116.28, 103.53], device=self.device).view(1, 3, 1, 1)
-        self._std = torch.tensor([58.395, 57.12, 57.375], device=self.device).view(1, 3, 1, 1)
+        self._mean, self._std = sam_ops.mean_std(self.device)
         self._mask_threshold = float(getattr(self.model, "mask_threshold", 0.0))
         self._compiled = False
+        self._cuda = self.device.type == "cuda"
+        self.encoder_batch = 1
         self.cpu_workers = default_cpu_workers() if self.device.type == "cpu" else 1
+        # CPU: small decoder calls are faster (cache): 20 boxes took 1.9 s in calls of 2, 2.4 s of 5, 3.8 s of 20
+        self.max_decoder_boxes = 256 if self._cuda else 4
+        self.batch_decoder = mask_upsample != "full"
+        self.finisher = MaskFinisher(self.min_score, mask_upsample, self._mask_threshold)
         self._pool = None
-        if family == "sam2":
-            self._feat_sizes = [(SAM_INPUT_PX // 4, SAM_INPUT_PX // 4), (SAM_INPUT_PX // 8, SAM_INPUT_PX // 8), (SAM_INPUT_PX // 16, SAM_INPUT_PX // 16)]
 
-    # -- public -------------------------------------------------------------------------------------------------
+    # -- the three steps ----------------------------------------------------------------------------------------
+    def prepare(self, image_bgr: np.ndarray) -> np.ndarray:
+        """``(H, W, 3)`` uint8 BGR -> ``(1024, 1024, 3)`` uint8 RGB letterboxed input (thread-safe, no torch)."""
+        return letterbox_rgb(image_bgr)
+
+    def infer(
+        self, prepared, image_hws: Sequence[tuple[int, int]], detections: Sequence[Detections]
+    ) -> list[SamOutput]:
+        """Encoder, prompt encoder and mask decoder for a batch of prepared images (call on the model thread).
+
+        Args:
+            prepared: ``(B, 1024, 1024, 3)`` uint8 from :meth:`prepare`, numpy or a torch uint8 tensor (pinned CPU
+                memory uploads asynchronously).
+            image_hws: original ``(H, W)`` of each image (the boxes' frame).
+            detections: one :class:`Detections` per image.
+
+        Returns:
+            One :class:`SamOutput` per image (empty for an image without boxes). Only images with boxes are encoded.
+        """
+        import torch
+
+        todo, counts = self._check(prepared, image_hws, detections)
+        out = [SamOutput.empty() for _ in image_hws]
+        if not todo:
+            return out
+        self.threads.apply()
+        with torch.inference_mode():
+            boxes, img_idx = self._boxes(image_hws, detections, todo)  # uploads queued before the encoder
+            feats = self._encode_images(prepared, todo)
+            self.threads.apply()  # CPU encoder workers set their own thread counts
+            with self._autocast():
+                logits, scores = self._decode(feats, boxes, img_idx, [counts[i] for i in todo])
+            n = logits.shape[0]
+            host = torch.cat([scores.reshape(n, 1).float(), logits.reshape(n, -1).float()], 1).cpu().numpy()
+        lg_all = host[:, 1:].reshape(n, LOWRES_PX, LOWRES_PX)
+        start = 0
+        for i in todo:
+            stop = start + counts[i]
+            out[i] = SamOutput(lg_all[start:stop], host[start:stop, 0])
+            start = stop
+        return out
+
+    def finish(self, out: SamOutput, det: Detections, image_hw: tuple[int, int]) -> list[Instance]:
+        """Score filter, upsampling and :class:`Instance` records for one image (thread-safe, CPU only): see
+        :class:`MaskFinisher`."""
+        return self.finisher(out, det, image_hw)
+
     def __call__(self, images_bgr: Sequence[np.ndarray], detections: Sequence[Detections]) -> list[list[Instance]]:
-        """Segment every detection of every image.
+        """Segment every detection of every image: :meth:`prepare`, :meth:`infer`, :meth:`finish` in turn.
 
         Args:
             images_bgr: ``(H, W, 3)`` uint8 BGR images.
@@ -90,56 +201,45 @@ class Segmenter:
         Returns:
             One list of :class:`Instance` per image, in detection order, without the dropped masks.
         """
-        import torch
-
         if len(images_bgr) != len(detections):
             raise ValueError(f"got {len(images_bgr)} images but {len(detections)} detection sets")
         out: list[list[Instance]] = [[] for _ in images_bgr]
         todo = [i for i, d in enumerate(detections) if len(d)]
         if not todo:
             return out
-        self.threads.apply()
-        workers = min(self.cpu_workers, len(todo)) if self.device.type == "cpu" and not self._compiled else 1
-        if workers <= 1:
-            for i, insts in zip(todo, self._segment([images_bgr[i] for i in todo], [detections[i] for i in todo])):
-                out[i] = insts
-            return out
-        # CPU: the images are encoded in parallel by worker threads, one image per task (batching does not
-        # speed a CPU encoder up), each with cores // workers torch threads; torch releases the GIL in its
-        # kernels. See default_cpu_workers.
-        per_worker = max(1, usable_cores() // workers)
-        if self._pool is None or self._pool._max_workers != workers:
-            from concurrent.futures import ThreadPoolExecutor
-
-            if self._pool is not None:
-                self._pool.shutdown(wait=True)
-            self._pool = ThreadPoolExecutor(workers, thread_name_prefix="sam-cpu")
-        futures = [self._pool.submit(self._segment, [images_bgr[i]], [detections[i]], per_worker) for i in todo]
-        for i, f in zip(todo, futures):
-            out[i] = f.result()[0]
+        hws = [tuple(images_bgr[i].shape[:2]) for i in todo]
+        dets = [detections[i] for i in todo]
+        prepared = np.stack([self.prepare(images_bgr[i]) for i in todo])
+        for i, hw, d, o in zip(todo, hws, dets, self.infer(prepared, hws, dets)):
+            out[i] = self.finish(o, d, hw)
         return out
 
-    def _segment(
-        self, images_bgr: Sequence[np.ndarray], detections: Sequence[Detections], threads: int | None = None
-    ) -> list[list[Instance]]:
-        """Encoder on the images as one batch, then the decoder once per image (all its boxes); every image
-        has at least one box. ``threads``: torch threads for this (worker) thread's parallel regions."""
+    def infer_per_image(
+        self, prepared, image_hws: Sequence[tuple[int, int]], detections: Sequence[Detections]
+    ) -> list[SamOutput]:
+        """Reference for tests and benchmarks: :meth:`infer` with the decoder called per image exactly as
+        Ultralytics calls it (its prompt encoder, ``repeat_image``) and one device-to-host copy per image."""
         import torch
 
-        if threads is not None:
-            torch.set_num_threads(threads)  # the OpenMP thread count is per calling thread
-        with torch.inference_mode(), self._autocast():
-            batch = self._preprocess(images_bgr)
-            feats = self._encode(batch)
-            out = []
-            for j, (im, det) in enumerate(zip(images_bgr, detections)):
-                logits, scores = self._decode(feats, j, det.xyxy_px, im.shape[:2])
-                out.append(self._instances(logits, scores, det, im.shape[:2]))
+        todo, _ = self._check(prepared, image_hws, detections)
+        out = [SamOutput.empty() for _ in image_hws]
+        if not todo:
+            return out
+        self.threads.apply()
+        with torch.inference_mode():
+            feats = self._encode_images(prepared, todo)
+            self.threads.apply()
+            for j, i in enumerate(todo):
+                boxes = torch.as_tensor(detections[i].xyxy_px, dtype=torch.float32, device=self.device)
+                boxes = boxes * _gain(image_hws[i])
+                with self._autocast():
+                    lg, sc = sam_ops.decode_one_image(self.model, self.family, feats, j, boxes, reference=True)
+                out[i] = SamOutput(lg.float().cpu().numpy(), sc.float().cpu().numpy())
         return out
 
     def compile_encoder(self, **compile_kwargs) -> None:
-        """``torch.compile`` the image encoder in place (optional speed-up; the first batch of each new batch
-        size pays the compilation, minutes on a CPU). Outputs match eager mode to float rounding."""
+        """``torch.compile`` the image encoder in place (optional speed-up; the first call of each new batch
+        shape pays the compilation, minutes on a CPU). Outputs match eager mode to float rounding."""
         import torch
 
         enc = self.model.image_encoder
@@ -147,7 +247,7 @@ class Segmenter:
             self.model.image_encoder = torch.compile(enc, **{"dynamic": False, **compile_kwargs})
         self._compiled = True  # compiled graphs run on the calling thread only: no CPU workers
 
-    # -- steps --------------------------------------------------------------------------------------------------
+    # -- internals ----------------------------------------------------------------------------------------------
     def _autocast(self):
         import torch
 
@@ -155,87 +255,107 @@ class Segmenter:
             return contextlib.nullcontext()
         return torch.autocast("cuda", dtype=self._autocast_dtype)
 
-    def _preprocess(self, images_bgr: Sequence[np.ndarray]):
-        """Letterbox to 1024x1024 top-left (pad 114), BGR->RGB, normalise: ``(B, 3, 1024, 1024)`` float32."""
-        import torch
-        from ultralytics.data.augment import LetterBox
+    @staticmethod
+    def _check(prepared, image_hws, detections) -> tuple[list[int], list[int]]:
+        if not (len(prepared) == len(image_hws) == len(detections)):
+            raise ValueError(
+                f"got {len(prepared)} prepared images, {len(image_hws)} image sizes, {len(detections)} detection sets"
+            )
+        counts = [len(d) for d in detections]
+        return [i for i, c in enumerate(counts) if c], counts
 
-        letterbox = LetterBox((SAM_INPUT_PX, SAM_INPUT_PX), auto=False, center=False)
-        arr = np.stack([letterbox(image=im) for im in images_bgr])[..., ::-1].transpose(0, 3, 1, 2)
-        t = torch.from_numpy(np.ascontiguousarray(arr)).to(self.device).float()
-        return (t - self._mean) / self._std
-
-    def _encode(self, batch):
-        """Image encoder on the whole batch. SAM: ``(B, 256, 64, 64)``; SAM 2: dict of batched features."""
-        if self.family == "sam":
-            return self.model.image_encoder(batch)
-        m = self.model
-        backbone_out = m.forward_image(batch)
-        _, vision_feats, _, _ = m._prepare_backbone_features(backbone_out)
-        if m.directly_add_no_mem_embed:
-            vision_feats[-1] = vision_feats[-1] + m.no_mem_embed
-        b = batch.shape[0]
-        feats = [f.permute(1, 2, 0).reshape(b, -1, *hw) for f, hw in zip(vision_feats, self._feat_sizes)]
-        return {"image_embed": feats[-1], "high_res_feats": feats[:-1]}
-
-    def _decode(self, feats, j: int, boxes_xyxy_px: np.ndarray, image_hw: tuple[int, int]):
-        """All boxes of image ``j`` in one decoder call: ``(N, 256, 256)`` logits and ``(N,)`` scores."""
+    def _upload(self, host_array):
+        """numpy / torch CPU tensor -> the model's device, asynchronously (pinned memory) and without a host sync."""
         import torch
 
-        h, w = image_hw
-        r = min(SAM_INPUT_PX / h, SAM_INPUT_PX / w)  # letterbox gain
-        boxes = torch.as_tensor(boxes_xyxy_px, dtype=torch.float32, device=self.device) * r
-        m = self.model
-        if self.family == "sam":
-            sparse, dense = m.prompt_encoder(points=None, boxes=boxes, masks=None)
-            masks, scores = m.mask_decoder(
-                image_embeddings=feats[j : j + 1],
-                image_pe=m.prompt_encoder.get_dense_pe(),
-                sparse_prompt_embeddings=sparse,
-                dense_prompt_embeddings=dense,
-                multimask_output=False,
-            )
-        else:
-            pts = boxes.view(-1, 2, 2)
-            labels = torch.tensor([[2, 3]], dtype=torch.int32, device=self.device).expand(pts.shape[0], -1)
-            sparse, dense = m.sam_prompt_encoder(points=(pts, labels), boxes=None, masks=None)
-            masks, scores, _, _ = m.sam_mask_decoder(
-                image_embeddings=feats["image_embed"][j : j + 1],
-                image_pe=m.sam_prompt_encoder.get_dense_pe(),
-                sparse_prompt_embeddings=sparse,
-                dense_prompt_embeddings=dense,
-                multimask_output=False,
-                repeat_image=pts.shape[0] > 1,
-                high_res_features=[f[j : j + 1] for f in feats["high_res_feats"]],
-            )
-        return masks.flatten(0, 1).float(), scores.flatten(0, 1).float()
+        t = torch.from_numpy(np.ascontiguousarray(host_array)) if isinstance(host_array, np.ndarray) else host_array
+        return t.to(self.device, non_blocking=True)
 
-    def _instances(self, logits, scores, det: Detections, image_hw: tuple[int, int]) -> list[Instance]:
-        keep = (scores > self.min_score).cpu().numpy()
-        idx = np.flatnonzero(keep)
-        if idx.size == 0:
-            return []
-        sel = logits[torch_index(idx, logits.device)]
-        if self.mask_upsample == "full":
-            crops = upsample_full(sel, image_hw, self._mask_threshold)
-        else:
-            crops = upsample_crops(sel, image_hw, self._mask_threshold)
-        scores_np = scores.cpu().numpy()
-        out = []
-        for k, crop in zip(idx.tolist(), crops):
-            if crop.area_px == 0:
-                continue  # an empty mask has no polygon; its detection is dropped, nothing else moves
-            out.append(
-                Instance(
-                    class_id=int(det.class_ids[k]),
-                    det_conf=float(det.det_conf[k]),
-                    box_xyxy_px=det.xyxy_px[k].copy(),
-                    sam_score=float(scores_np[k]),
-                    mask=crop,
-                    det_index=k,
-                )
-            )
-        return out
+    def _boxes(self, image_hws, detections, todo):
+        """All boxes of the ``todo`` images in the 1024 px frame ``(N, 4)`` and each box's image ``(N,)``, on the
+        device (uploaded without a host sync)."""
+        boxes = np.concatenate(
+            [detections[i].xyxy_px.astype(np.float32, copy=False) * _gain(image_hws[i]) for i in todo]
+        ).astype(np.float32, copy=False)
+        img_idx = np.repeat(np.arange(len(todo)), [len(detections[i]) for i in todo])
+        return self._upload(boxes), self._upload(img_idx.astype(np.int64))
+
+    def _encode_images(self, prepared, todo: list[int]) -> list:
+        """Feature list (see :mod:`annotator.sam_ops`) of the ``todo`` images, in order."""
+        import torch
+
+        x = self._upload(prepared)
+        if len(todo) < x.shape[0]:
+            x = x.index_select(0, self._upload(np.asarray(todo, np.int64)))
+        eb = max(1, int(self.encoder_batch))
+        chunks = [x[k : k + eb] for k in range(0, x.shape[0], eb)]
+        workers = min(self.cpu_workers, len(chunks)) if self.device.type == "cpu" and not self._compiled else 1
+        if workers <= 1:
+            return sam_ops.cat_feats([self._encode_chunk(c, eb if self._cuda else 0) for c in chunks])
+        # CPU: chunks (one image each by default) are encoded in parallel by worker threads, each with
+        # cores // workers torch threads; torch releases the GIL in its kernels. See default_cpu_workers.
+        per_worker = max(1, usable_cores() // workers)
+        if self._pool is None or self._pool._max_workers != workers:
+            from concurrent.futures import ThreadPoolExecutor
+
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+            self._pool = ThreadPoolExecutor(workers, thread_name_prefix="sam-cpu")
+
+        def task(chunk):
+            torch.set_num_threads(per_worker)  # the OpenMP thread count is per calling thread
+            with torch.inference_mode():
+                return self._encode_chunk(chunk, 0)
+
+        return sam_ops.cat_feats([f.result() for f in [self._pool.submit(task, c) for c in chunks]])
+
+    def _encode_chunk(self, chunk, pad_to: int) -> list:
+        """Encoder on ``(n, 1024, 1024, 3)`` uint8 (device), zero-padded up to ``pad_to`` images; features of ``n``."""
+        import torch
+
+        n = chunk.shape[0]
+        if pad_to > n:
+            chunk = torch.cat([chunk, chunk.new_zeros((pad_to - n, *chunk.shape[1:]))])
+        with self._autocast():
+            feats = sam_ops.encode(self.model, self.family, sam_ops.normalise(chunk, self._mean, self._std))
+        return [f[:n] for f in feats] if pad_to > n else feats
+
+    def _decode(self, feats: list, boxes, img_idx, counts: list[int]):
+        """``(N, 256, 256)`` logits and ``(N,)`` scores of all boxes (box ``k`` of image ``img_idx[k]``)."""
+        import torch
+
+        if self.family == "sam2" and self.batch_decoder:
+            # An image's masks must not depend on which other images share its batch (a resumed run writes the
+            # bytes of an uninterrupted one): on CUDA every call has the fixed shape `step` (the last padded
+            # with copies of a box: also what CUDA graphs need); on CPU the calls never mix two images.
+            step = max(1, int(self.max_decoder_boxes))
+            n = boxes.shape[0]
+            if self._cuda:
+                spans = [(a, a + step) for a in range(0, n, step)]
+                pad = spans[-1][1] - n
+                if pad:
+                    boxes = torch.cat([boxes, boxes[-1:].expand(pad, -1)])
+                    img_idx = torch.cat([img_idx, img_idx[-1:].expand(pad)])
+            else:
+                starts = np.concatenate([[0], np.cumsum(counts)]).tolist()
+                spans = [(a, min(a + step, b)) for a0, b in zip(starts[:-1], starts[1:]) for a in range(a0, b, step)]
+            parts = [sam_ops.decode_sam2(self.model, feats, boxes[a:b], img_idx[a:b]) for a, b in spans]
+            if self._cuda and pad:
+                parts[-1] = (parts[-1][0][: step - pad], parts[-1][1][: step - pad])
+        else:  # per image: SAM's decoder always repeats the image embedding; SAM 2 in compat mode
+            starts = np.concatenate([[0], np.cumsum(counts)]).tolist()
+            parts = [
+                sam_ops.decode_one_image(self.model, self.family, feats, j, boxes[a:b])
+                for j, (a, b) in enumerate(zip(starts[:-1], starts[1:]))
+            ]
+        if len(parts) == 1:
+            return parts[0]
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
+def _gain(image_hw: tuple[int, int]) -> float:
+    """Letterbox gain of an ``(H, W)`` image into the 1024 px SAM input."""
+    return min(SAM_INPUT_PX / image_hw[0], SAM_INPUT_PX / image_hw[1])
 
 
 def usable_cores() -> int:
@@ -252,94 +372,8 @@ def default_cpu_workers() -> int:
     """Images encoded in parallel on a CPU: one per core, at most 4 (memory: each worker holds its activations).
 
     Measured on 2 idle cores (docs/performance.md): 2 workers of 1 torch thread encode 1.75x faster than one
-    thread and slightly faster than one call with 2 threads. Set ``Segmenter.cpu_workers = 1`` for one
-    batched encoder call with the stage's torch threads (:class:`~annotator.detect.TorchThreads`).
+    thread and slightly faster than one call with 2 threads. Set ``Segmenter.cpu_workers = 1`` (and
+    ``encoder_batch`` to the batch size) for one batched encoder call with the stage's torch threads
+    (:class:`~annotator.detect.TorchThreads`).
     """
     return min(4, usable_cores())
-
-
-def torch_index(idx: np.ndarray, device):
-    import torch
-
-    return torch.as_tensor(idx, dtype=torch.long, device=device)
-
-
-def lowres_gain(image_hw: tuple[int, int]) -> tuple[float, float]:
-    """Low-res mask pixels per original pixel, ``(gain_h, gain_w)``, as Ultralytics' SAM postprocess computes it."""
-    g = min(SAM_INPUT_PX / image_hw[0], SAM_INPUT_PX / image_hw[1])
-    return tuple(round(o * g) * _LOWRES_PX / SAM_INPUT_PX / o for o in image_hw)  # type: ignore[return-value]
-
-
-def upsample_full(logits, image_hw: tuple[int, int], threshold: float = 0.0) -> list[MaskCrop]:
-    """Ultralytics' exact path: ``ops.scale_masks`` of whole masks to ``image_hw``, threshold, then crop."""
-    from ultralytics.utils import ops
-
-    ratio = lowres_gain(image_hw)
-    full = ops.scale_masks(logits[None].float(), image_hw, (ratio, (0, 0)), padding=False)[0] > threshold
-    return [MaskCrop.from_full(m) for m in full.cpu().numpy()]
-
-
-def _interp_taps(out_len: int, gain: float, limit: int, dtype):
-    """Bilinear taps (align_corners=False) sampling ``src = (y + 0.5) * gain - 0.5`` for ``y in range(out_len)``.
-
-    Returns ``(i0, i1, frac)``: source indices ``(out_len,)`` int64 and the weight of ``i1``, ``(out_len,)`` in
-    ``dtype``. ``limit`` is the last source index that may be read (Ultralytics crops the letterbox padding when
-    the content ends on a whole low-res pixel, else samples with border clamping).
-    """
-    import torch
-
-    y = torch.arange(out_len, dtype=torch.float64)
-    src = ((y + 0.5) * gain - 0.5).clamp(min=0)
-    i0 = src.floor().long().clamp(max=limit)
-    i1 = (i0 + 1).clamp(max=limit)
-    frac = (src - i0.double()).clamp(0, 1)
-    return i0, i1, frac.to(dtype)
-
-
-def upsample_crops(logits, image_hw: tuple[int, int], threshold: float = 0.0) -> list[MaskCrop]:
-    """Upsample ``(N, 256, 256)`` logits to ``image_hw`` only where each mask can be positive.
-
-    A full-resolution pixel can only be above ``threshold`` if one of the (up to 4) low-res logits it
-    interpolates is, so rows/columns whose sources are all below are skipped. Inside that window the bilinear
-    interpolation is two gathers (rows, then columns) of the low-res logits, in float32 as Ultralytics' own
-    ``F.interpolate``: each mask costs ``O(window)`` instead of ``O(H * W)``; memory holds one window at a time.
-    """
-    import torch
-
-    return _upsample_crops(logits, image_hw, threshold, torch.float32)
-
-
-def _upsample_crops(logits, image_hw: tuple[int, int], threshold: float, dtype) -> list[MaskCrop]:
-    """:func:`upsample_crops` computing in ``dtype`` (float64 is kept for ``benchmarks/upsample_masks.py``)."""
-    h, w = image_hw
-    gain_h, gain_w = lowres_gain(image_hw)
-    bottom, right = max(round(h * gain_h), 1), max(round(w * gain_w), 1)
-    exact = abs(h * gain_h - bottom) + abs(w * gain_w - right) <= 1e-3
-    lim_h, lim_w = (bottom - 1, right - 1) if exact else (_LOWRES_PX - 1, _LOWRES_PX - 1)
-    iy0, iy1, fy = (t.numpy() for t in _interp_taps(h, gain_h, lim_h, dtype))
-    ix0, ix1, fx = (t.numpy() for t in _interp_taps(w, gain_w, lim_w, dtype))
-    lg = logits.detach().to(device="cpu", dtype=dtype).numpy()  # numpy gathers: ~10x faster than torch indexing
-    pos = lg > threshold
-    rowpos_all, colpos_all = pos.any(axis=2), pos.any(axis=1)  # (N, 256) each
-    crops = []
-    for n in range(lg.shape[0]):
-        rowpos, colpos = rowpos_all[n], colpos_all[n]
-        rows = np.flatnonzero(rowpos[iy0] | rowpos[iy1])
-        cols = np.flatnonzero(colpos[ix0] | colpos[ix1])
-        if rows.size == 0 or cols.size == 0:
-            crops.append(MaskCrop(np.zeros((0, 0), bool), (0, 0), (h, w)))
-            continue
-        y0, y1, x0, x1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
-        c0, c1 = int(ix0[x0]), int(ix1[x1 - 1]) + 1  # the source columns the window reads
-        src = lg[n, :, c0:c1]
-        f = fy[y0:y1, None]
-        rows_i = src[iy0[y0:y1]] * (1 - f) + src[iy1[y0:y1]] * f  # (window_h, c1 - c0)
-        g = fx[x0:x1]
-        win = (rows_i[:, ix0[x0:x1] - c0] * (1 - g) + rows_i[:, ix1[x0:x1] - c0] * g) > threshold
-        crop = MaskCrop.from_full(win)
-        if crop.area_px:
-            crop = MaskCrop(crop.bitmap, (crop.origin_xy[0] + x0, crop.origin_xy[1] + y0), (h, w))
-        else:
-            crop = MaskCrop(crop.bitmap, (0, 0), (h, w))
-        crops.append(crop)
-    return crops

@@ -1,7 +1,8 @@
 """The speed paths of the segmenter and detector give the results of the plain fp32 paths (within tolerance).
 
-* Batched image encoder (and CPU shards encoded in parallel threads) + one decoder call for all boxes ==
-  one image at a time: per mask IoU >= 0.99, SAM scores within 1e-4.
+* Batched image encoder (``encoder_batch``; and CPU shards encoded in parallel threads) + one decoder call for
+  the boxes of all images == one image at a time: per mask IoU >= 0.99, SAM scores within 1e-4 (the decoder
+  batching alone is tested much tighter in test_segment_batched.py).
 * Crop upsampling (float32 gathers inside each mask's window) == Ultralytics' whole-image ``scale_masks``:
   per mask IoU >= 0.999, and only pixels whose logit is within float rounding of the threshold may differ.
 * Ultralytics' ``select_device`` resetting torch's thread count does not change our stages' count.
@@ -26,7 +27,7 @@ def _smooth_logits(masks: np.ndarray, image_hw: tuple[int, int]):
     """(N, 256, 256) logits that are positive on each mask, letterboxed top-left (as SAM's decoder outputs)."""
     import torch
 
-    from annotator.bench import realistic_logits
+    from benchmarks.ground_truth import realistic_logits
 
     return torch.from_numpy(realistic_logits(masks, image_hw))
 
@@ -36,7 +37,7 @@ def _smooth_logits(masks: np.ndarray, image_hw: tuple[int, int]):
 def test_crop_upsampling_matches_ultralytics_full(image_hw, kind):
     import torch
 
-    from annotator.segment import upsample_crops, upsample_full
+    from annotator.mask_upsample import upsample_crops, upsample_full
 
     if kind == "shapes":
         _, objs = make_shapes_image(1, image_hw, n_objects=4)
@@ -55,7 +56,7 @@ def test_crop_upsampling_matches_ultralytics_full(image_hw, kind):
 def test_crop_upsampling_empty_masks():
     import torch
 
-    from annotator.segment import upsample_crops
+    from annotator.mask_upsample import upsample_crops
 
     crops = upsample_crops(torch.full((2, 256, 256), -5.0), (480, 640))
     assert [c.area_px for c in crops] == [0, 0]
@@ -92,7 +93,8 @@ def _same_instances(got, ref) -> int:
 
 
 def test_batched_and_sharded_segmenter_equal_one_at_a_time(sam2_t_ckpt, shape_images):
-    """fp32, one image per call (the reference) vs one batched encoder call vs CPU shards in worker threads."""
+    """fp32, one image per call (the reference) vs one batched encoder call vs CPU shards in worker threads
+    (both with one decoder call for all boxes)."""
     from annotator.segment import Segmenter
 
     seg = Segmenter(sam2_t_ckpt, "sam2_t.pt", "sam2", device="cpu", min_score=0.0)
@@ -100,8 +102,9 @@ def test_batched_and_sharded_segmenter_equal_one_at_a_time(sam2_t_ckpt, shape_im
     dets = [d for _, d in shape_images]
     seg.cpu_workers = 1
     single = [seg([im], [d])[0] for im, d in zip(images, dets)]
+    seg.encoder_batch = len(images)  # one encoder call for the batch
     batched = seg(images, dets)
-    seg.cpu_workers = 2
+    seg.cpu_workers, seg.encoder_batch = 2, 1  # one image per worker thread
     sharded = seg(images, dets)
     assert _same_instances(batched, single) >= 2
     assert _same_instances(sharded, single) >= 2
