@@ -9,7 +9,6 @@ Example:
 
 from __future__ import annotations
 
-import importlib
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -18,13 +17,6 @@ from annotator.config import AnnotateConfig, make_config
 from annotator.errors import ConfigError
 from annotator.models import resolve_models
 from annotator.summary import RunSummary
-
-#: engine name -> "module:function" of the runner. Runners live in ``pipelines/`` and are imported only
-#: when chosen, so the library never depends on the orchestration code (nor on Ray unless asked).
-ENGINES: dict[str, str] = {
-    "local": "pipelines.local:run_local",
-    "ray": "pipelines.ray_images:run_ray",
-}
 
 
 def auto_annotate(
@@ -89,7 +81,14 @@ def run(cfg: AnnotateConfig, *, on_result: Callable | None = None, engine_option
 
     Order: resolve and verify the weight files (one-line error before any work), take the output folder's
     lock, clean temp files a killed run left, scan the inputs, plan the work against the ledger (only new,
-    modified or re-configured inputs are processed), hand the work to the engine, write ``run_report.json``.
+    modified or re-configured inputs are processed), let the engine (:data:`pipelines.ENGINES`) compute the
+    results, write them in input order on a writer thread, write ``run_report.json``.
+
+    Args:
+        cfg: validated settings (:func:`annotator.config.make_config`).
+        on_result: called with each image's result after it is written, in input order.
+        engine_options: hooks for tests and benchmarks, passed to the engine (``stages`` for the local
+            engine, ``stages_factory`` for Ray). Engine *settings* belong in ``cfg.ray``.
     """
     from annotator.io_atomic import ensure_real_dir
     from annotator.ledger import Ledger
@@ -97,6 +96,7 @@ def run(cfg: AnnotateConfig, *, on_result: Callable | None = None, engine_option
     from annotator.output import remove_stale_temp_files
     from annotator.sources import scan_sources
     from annotator.workplan import hash_weights, plan_work
+    from pipelines import get_engine
 
     t0 = time.perf_counter()
     models = resolve_models(cfg.det_model, cfg.sam_model, weights_dir=cfg.weights_dir)
@@ -105,7 +105,7 @@ def run(cfg: AnnotateConfig, *, on_result: Callable | None = None, engine_option
         scan = scan_sources(cfg.data)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    runner = _engine(cfg.engine)
+    engine = get_engine(cfg.engine)
     ensure_real_dir(cfg.output_dir)
     with OutputLock(cfg.output_dir):
         remove_stale_temp_files(Path(cfg.output_dir), skip=[cfg.data if cfg.data.is_dir() else cfg.data.parent])
@@ -113,7 +113,7 @@ def run(cfg: AnnotateConfig, *, on_result: Callable | None = None, engine_option
         try:
             plan = plan_work(cfg, models, scan, ledger, weight_hashes)
             if plan.items:
-                summary = runner(cfg, models, plan, on_result=on_result, **(engine_options or {}))
+                summary = _process(cfg, engine(cfg, models, plan, **(engine_options or {})), plan, on_result)
             else:
                 summary = _nothing_to_process(cfg, models, plan)
             summary.unchanged = plan.unchanged
@@ -123,6 +123,58 @@ def run(cfg: AnnotateConfig, *, on_result: Callable | None = None, engine_option
         finally:
             ledger.close()
     return summary
+
+
+def _process(cfg: AnnotateConfig, engine_run, plan, on_result: Callable | None) -> RunSummary:
+    """Consume the engine's results in input order and write them; the writer is closed only when every
+    result is written (data.yaml, COCO), and aborted otherwise (interrupt, write error, engine error)."""
+    from annotator.output import open_writer
+    from annotator.result_sink import ResultSink
+
+    summary = _summary(cfg, plan)
+    writer = open_writer(cfg, engine_run.names, plan)
+    summary.label_collisions = sorted(writer.collisions)
+    bar = _progress(len(plan.items)) if cfg.progress else None
+    sink = ResultSink(writer, summary, engine_run.names, on_result=on_result, bar=bar)
+    t_start = time.perf_counter()
+    ok = False
+    try:
+        for result in engine_run.results:
+            sink.put(result)
+        sink.finish()
+        writer.close()
+        ok = True
+    finally:
+        if not ok:
+            sink.stop()  # the image being written completes; queued ones are left to the next run
+            engine_run.results.close()  # the engine stops handing out work and joins its threads
+            writer.abort()
+        if bar is not None:
+            bar.close()
+    summary.processing_s = time.perf_counter() - t_start
+    summary.images_per_s = len(plan.items) / summary.processing_s if summary.processing_s > 0 else 0.0
+    summary.engine_stats = dict(engine_run.stats)
+    _output_paths(cfg, summary, writer)
+    return summary
+
+
+def _summary(cfg: AnnotateConfig, plan) -> RunSummary:
+    summary = RunSummary(engine=cfg.engine, output_dir=cfg.output_dir)
+    summary.refused = [{"path": p, "reason": r} for p, r in plan.refused]
+    return summary
+
+
+def _output_paths(cfg: AnnotateConfig, summary: RunSummary, writer) -> None:
+    summary.labels_dir = cfg.labels_dir if cfg.writes_yolo else None
+    summary.scores_csv = writer.scores_path
+    summary.data_yaml = writer.data_yaml_path
+    summary.coco_json = writer.coco_path
+
+
+def _progress(total: int):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="img", dynamic_ncols=True, desc="annotate")
 
 
 def _nothing_to_process(cfg: AnnotateConfig, models, plan) -> RunSummary:
@@ -136,13 +188,9 @@ def _nothing_to_process(cfg: AnnotateConfig, models, plan) -> RunSummary:
         names = {int(k): str(v) for k, v in load_yolo(models.det_path, trust=cfg.trust_weights).names.items()}
     writer = open_writer(cfg, names, plan)
     writer.close()
-    summary = RunSummary(engine=cfg.engine, output_dir=cfg.output_dir)
-    summary.refused = [{"path": p, "reason": r} for p, r in plan.refused]
+    summary = _summary(cfg, plan)
     summary.label_collisions = sorted(writer.collisions)
-    summary.labels_dir = cfg.labels_dir if cfg.writes_yolo else None
-    summary.scores_csv = writer.scores_path
-    summary.data_yaml = writer.data_yaml_path
-    summary.coco_json = writer.coco_path
+    _output_paths(cfg, summary, writer)
     return summary
 
 
@@ -166,11 +214,3 @@ def _write_report(cfg: AnnotateConfig, models, plan, summary: RunSummary) -> Non
     path = Path(cfg.output_dir) / "run_report.json"
     atomic_write_text(path, json.dumps(report, indent=2, default=str) + "\n", root=cfg.output_dir)
     summary.report_json = path
-
-
-def _engine(name: str) -> Callable:
-    target = ENGINES.get(name)
-    if target is None:
-        raise ConfigError(f"engine {name!r} is not known; choose one of {', '.join(ENGINES)}")
-    module, func = target.split(":")
-    return getattr(importlib.import_module(module), func)

@@ -104,9 +104,10 @@ def _add_annotate_args(p: argparse.ArgumentParser) -> None:
     o.add_argument("--compat", choices=["none", "ultralytics"], default=S, help="ultralytics: polygons exactly as masks.xyn")
     r = p.add_argument_group("run")
     r.add_argument("--engine", choices=["local", "ray"], default=S, help="local (default) or ray")
-    r.add_argument("--address", dest="ray_address", default=S, help="Ray cluster to join: auto | ray://host:10001 (engine ray)")
+    r.add_argument("--address", dest="ray_address", default=S, help="Ray cluster to join: auto | head-host:6379 (engine ray; token auth: docs/cluster.md)")
     r.add_argument("--batch-size", dest="batch_size", type=int, default=S)
-    r.add_argument("--workers", type=int, default=S, help="decode/write threads (local engine)")
+    r.add_argument("--workers", type=int, default=S, help="CPU threads decoding/letterboxing and polygonizing (default: cores)")
+    r.add_argument("--compile", action="store_true", default=S, help="torch.compile the SAM image encoder (long GPU runs)")
     r.add_argument("--max-pixels", dest="max_pixels", type=int, default=S)
     r.add_argument("--torch-threads", dest="torch_threads", type=int, default=S, help="CPU threads for the models (all cores)")
     r.add_argument("--max-failures", dest="max_failures", type=int, default=0, help="failed images tolerated before exit 1")
@@ -129,10 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", parser_class=_OneLineParser)
     ann = sub.add_parser("annotate", help="annotate a folder of images")
     _add_annotate_args(ann)
-    from annotator.bench import add_bench_args
-
-    bench = sub.add_parser("bench", help="images/s of ours vs Ultralytics' auto_annotate on the same images and models")
-    add_bench_args(bench)
+    # listed for --help only: main() hands "annotator bench ..." to the benchmarks package before parsing, so that
+    # the annotate path never imports it
+    sub.add_parser(
+        "bench", add_help=False, help="images/s of ours vs Ultralytics' auto_annotate on the same images and models"
+    )
     return parser
 
 
@@ -143,6 +145,8 @@ def _settings(ns: argparse.Namespace) -> dict[str, Any]:
     settings: dict[str, Any] = load_config_file(ns.config) if ns.config else {}
     cli_only = {"config", "json", "quiet", "max_failures", "command"}
     settings.update({k: v for k, v in vars(ns).items() if k not in cli_only})
+    if "ray_address" in settings:  # --address: the one Ray setting with a flag; the rest live in ray: (YAML)
+        settings["ray"] = {**(settings.get("ray") or {}), "address": settings.pop("ray_address")}
     if isinstance(settings.get("weights_sha256"), list):
         pins = {}
         for pair in settings["weights_sha256"]:
@@ -255,14 +259,15 @@ def _print_summary(s) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
+        args = list(sys.argv[1:] if argv is None else argv)
+        if args[:1] == ["bench"]:
+            from benchmarks.bench_cli import main as bench_main  # only now: not part of an annotate run
+
+            return bench_main(args[1:])
         parser = build_parser()
-        ns = parser.parse_args(argv)
+        ns = parser.parse_args(args)
         if ns.command == "annotate":
             return cmd_annotate(ns)
-        if ns.command == "bench":
-            from annotator.bench import cmd_bench
-
-            return cmd_bench(ns)
         parser.print_help()
         return EXIT_UNUSABLE
     except (KeyboardInterrupt, Interrupted):  # Ctrl-C before or after a run (imports, model loading)

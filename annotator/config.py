@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from annotator.engine_settings import RaySettings
 from annotator.errors import ConfigError
 
 Format = Literal["yolo", "coco", "both"]
@@ -85,7 +86,12 @@ class AnnotateConfig(BaseModel):
     torch_threads: int | None = Field(
         None, ge=1, le=1024, description="torch CPU threads per model call (default: what Ultralytics picks, cores - 1)"
     )
-    workers: int = Field(2, ge=1, le=64, description="threads for decoding, polygons and writing (local engine)")
+    workers: int | None = Field(
+        None, ge=1, le=256, description="CPU threads decoding/letterboxing and polygonizing (local engine; default: cores)"
+    )
+    compile: bool = Field(
+        False, description="torch.compile the SAM image encoder (fixed-shape batches; pays off on long GPU runs)"
+    )
     max_pixels: int = Field(
         178_956_970, ge=1, description="refuse images with more pixels than this, from the header, before decoding"
     )
@@ -97,21 +103,8 @@ class AnnotateConfig(BaseModel):
         "for files you trust)",
     )
 
-    # -- Ray engine (engine: ray); None = the default in pipelines/resources.py:RayResources ---------------
-    ray_address: str | None = Field(None, description="cluster to join: 'auto' or 'ray://host:10001'; None: local")
-    ray_num_cpus: int | None = Field(None, ge=1, description="CPUs of the local Ray instance the run starts")
-    ray_fused: bool | None = Field(None, description="one actor decodes+detects+segments (default); false: split")
-    ray_gpus_per_actor: float | None = Field(None, ge=0, description="GPUs per model actor; 0.5 shares a GPU")
-    ray_det_gpus_per_actor: float | None = Field(None, ge=0, description="split mode: GPUs per detector actor")
-    ray_cpus_per_actor: float | None = Field(None, gt=0, description="CPUs Ray reserves per model actor")
-    ray_actors: int | tuple[int, int] | None = Field(None, description="model actor pool size, n or [min, max]")
-    ray_det_actors: int | tuple[int, int] | None = Field(None, description="split mode: detector pool size")
-    ray_cpus_per_task: float | None = Field(None, gt=0, description="CPUs per read / decode / polygonize task")
-    ray_chunks_per_task: int | None = Field(None, ge=1, description="model batches read or decoded per CPU task")
-    ray_polygon_batch: int | None = Field(None, ge=1, description="images per polygonize task")
-    ray_max_task_retries: int | None = Field(None, ge=0, le=100, description="re-runs of a batch whose worker died")
-    ray_preserve_order: bool | None = Field(None, description="Ray Data keeps input order (else the driver does)")
-    ray_runtime_env: dict | None = Field(None, description="Ray runtime_env for the workers (working_dir, pip...)")
+    # -- engine settings: where and how many, never what (see annotator/engine_settings.py) ----------------
+    ray: RaySettings = Field(default_factory=RaySettings, description="Ray engine settings (engine: ray)")
 
     # -- scheduled jobs -----------------------------------------------------------------------------------
     hash_inputs: bool = Field(False, description="decide 'modified' by content SHA-256 instead of size + mtime")
@@ -256,14 +249,11 @@ def make_config(**kwargs: Any) -> AnnotateConfig:
 
 def describe_validation_error(e: ValidationError) -> str:
     """One line per problem, joined with '; ': ``field: what is wrong (got value)``."""
-    fields = list(AnnotateConfig.model_fields)
     parts = []
     for err in e.errors():
         loc = ".".join(str(x) for x in err["loc"]) or "config"
         if err["type"] == "extra_forbidden":
-            close = difflib.get_close_matches(loc, fields, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else f" (allowed: {', '.join(fields)})"
-            parts.append(f"unknown setting {loc!r}{hint}")
+            parts.append(f"unknown setting {loc!r}{_unknown_hint(err['loc'])}")
             continue
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "literal_error":
@@ -274,6 +264,16 @@ def describe_validation_error(e: ValidationError) -> str:
             shown = ""
         parts.append(f"{loc}: {msg}{shown}")
     return "; ".join(parts)
+
+
+def _unknown_hint(loc: tuple) -> str:
+    """The closest valid name for an unknown key (top level or inside the ``ray:`` section)."""
+    name = str(loc[-1])
+    if len(loc) == 1 and name.startswith("ray_") and name[4:] in RaySettings.model_fields:
+        return f" (Ray settings are one section now: ray: {{{name[4:]}: ...}})"
+    fields = list((RaySettings if len(loc) > 1 and loc[0] == "ray" else AnnotateConfig).model_fields)
+    close = difflib.get_close_matches(name, fields, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else f" (allowed: {', '.join(fields)})"
 
 
 #: settings that are paths: relative values in a config file are taken relative to that file's folder.

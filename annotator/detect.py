@@ -7,7 +7,9 @@ float rounding of batched convolutions). Images of other shapes go in their own 
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +44,37 @@ class TorchThreads:
         import torch
 
         torch.set_num_threads(self.n)
+
+
+@dataclass(frozen=True)
+class DetectorInput:
+    """The detector's letterbox, as Ultralytics' predictor applies it to a batch of same-shape images.
+
+    Attributes:
+        imgsz_hw: model input size ``(height, width)`` after Ultralytics' stride check.
+        stride: the model's largest stride (padding multiple when ``auto``).
+        auto: minimal "rect" padding to a multiple of ``stride`` (PyTorch models) instead of a full square.
+        scale_fill: stretch instead of letterbox (never for PyTorch models).
+
+    Example:
+        >>> spec = DetectorInput((640, 640), 32, True)
+        >>> spec(np.zeros((480, 640, 3), np.uint8)).shape
+        (480, 640, 3)
+    """
+
+    imgsz_hw: tuple[int, int]
+    stride: int
+    auto: bool
+    scale_fill: bool = False
+
+    def __post_init__(self) -> None:
+        import ultralytics.data.augment  # noqa: F401 - imported once here, not by the first pool threads at once
+
+    def __call__(self, image_bgr: np.ndarray) -> np.ndarray:
+        from ultralytics.data.augment import LetterBox
+
+        box = LetterBox(self.imgsz_hw, auto=self.auto, scale_fill=self.scale_fill, stride=self.stride)
+        return box(image=image_bgr)
 
 
 class Detector:
@@ -86,27 +119,93 @@ class Detector:
             save=False,
         )
         self._half = half
+        self._setup_lock = threading.Lock()
+        self._input_spec: DetectorInput | None = None
+        self._predictor_ready = False
 
     def __call__(self, images_bgr: Sequence[np.ndarray]) -> list[Detections]:
-        """Detect objects in each ``(H, W, 3)`` uint8 BGR image; returns one :class:`Detections` per image."""
+        """Detect objects in each ``(H, W, 3)`` uint8 BGR image; returns one :class:`Detections` per image.
+
+        Same as :meth:`prepare` on each image, then :meth:`infer` per group of same-shape images.
+        """
         out: list[Detections | None] = [None] * len(images_bgr)
         by_shape: dict[tuple[int, ...], list[int]] = {}
         for i, im in enumerate(images_bgr):
             by_shape.setdefault(tuple(im.shape), []).append(i)
         for idxs in by_shape.values():
-            self.threads.apply()
-            results = self.model.predict(
-                [images_bgr[i] for i in idxs], batch=len(idxs), half=self._half and self._on_cuda(), **self._kwargs
-            )
-            self.threads.apply()  # the first predict set up its predictor, which sets the thread count again
-            for i, r in zip(idxs, results):
-                b = r.boxes
-                out[i] = Detections(
+            prepared = [self.prepare(images_bgr[i]) for i in idxs]
+            for i, d in zip(idxs, self.infer(prepared, [images_bgr[i].shape[:2] for i in idxs])):
+                out[i] = d
+        return [d if d is not None else Detections.empty() for d in out]
+
+    def prepare(self, image_bgr: np.ndarray) -> np.ndarray:
+        """Letterbox one image for the detector (:attr:`input_spec`): ``(h, w, 3)`` uint8 BGR.
+
+        CPU only, no torch: runs in the engine's preparation pool, on any thread.
+        """
+        return self.input_spec(image_bgr)
+
+    @property
+    def input_spec(self) -> DetectorInput:
+        """How this detector's inputs are letterboxed (picklable: CPU workers prepare without the model)."""
+        if self._input_spec is None:
+            p = self._predictor()
+            auto = bool(p.args.rect) and not p.scale_fill and p.model.format == "pt"
+            self._input_spec = DetectorInput(tuple(p.imgsz), int(p.model.stride), auto, bool(p.scale_fill))
+        return self._input_spec
+
+    def infer(self, prepared: Sequence[np.ndarray], image_hws: Sequence[tuple[int, int]]) -> list[Detections]:
+        """Detect on a batch of :meth:`prepare`-d images that share one shape (the model thread's work).
+
+        Args:
+            prepared: ``(h, w, 3)`` uint8 BGR letterboxed images, all of one shape (or one stacked
+                ``(B, h, w, 3)`` array / uint8 tensor, e.g. in pinned memory).
+            image_hws: each image's original ``(height, width)``, to map the boxes back.
+
+        Uploads the uint8 batch once (non-blocking from pinned memory), then Ultralytics' own steps: RGB,
+        ``/255``, model, NMS, box scaling. Returns one :class:`Detections` per image, boxes in original pixels.
+        """
+        import torch
+
+        predictor = self._predictor()
+        if isinstance(prepared, torch.Tensor):
+            batch = prepared
+        else:
+            batch = torch.from_numpy(prepared if isinstance(prepared, np.ndarray) else np.stack(prepared))
+        if batch.shape[0] == 0:
+            return []
+        self.threads.apply()
+        with torch.inference_mode():
+            im = batch.to(predictor.device, non_blocking=True).permute(0, 3, 1, 2).contiguous().flip(1)
+            im = (im.half() if predictor.model.fp16 else im.float()).div_(255)
+            preds = predictor.inference(im)
+            # postprocess reads only the original images' shapes: stand-ins without pixels
+            shells = [np.broadcast_to(np.zeros((1, 1, 1), np.uint8), (h, w, 3)) for h, w in image_hws]
+            predictor.batch = ([""] * len(shells), shells, [""] * len(shells))
+            results = predictor.postprocess(preds, im, shells)
+        out = []
+        for r in results:
+            b = r.boxes
+            out.append(
+                Detections(
                     xyxy_px=b.xyxy.float().cpu().numpy().astype(np.float32).reshape(-1, 4),
                     class_ids=b.cls.int().cpu().numpy().astype(np.int64).reshape(-1),
                     det_conf=b.conf.float().cpu().numpy().astype(np.float32).reshape(-1),
                 )
-        return [d if d is not None else Detections.empty() for d in out]
+            )
+        return out
+
+    def _predictor(self):
+        """Ultralytics' predictor, set up once by a warm-up call on a blank image (same settings as ours)."""
+        if not self._predictor_ready:  # Ultralytics sets model.predictor before it is set up: a flag of our own
+            with self._setup_lock:
+                if not self._predictor_ready:
+                    self.threads.apply()
+                    blank = np.zeros((self._kwargs["imgsz"], self._kwargs["imgsz"], 3), np.uint8)
+                    self.model.predict(blank, half=self._half and self._on_cuda(), **self._kwargs)
+                    self.threads.apply()  # setting the predictor up changed the thread count again
+                    self._predictor_ready = True
+        return self.model.predictor
 
     def _on_cuda(self) -> bool:
         dev = str(self._kwargs["device"])

@@ -1,12 +1,19 @@
-"""The model stages bundled for a runner, and the per-batch work every runner shares.
+"""The model stages bundled for an engine, split by *where* each step runs.
 
-A runner (``pipelines/local.py`` in-process, ``pipelines/ray_images.py`` on Ray) decides *where* and *how
-many*; this module decides *what*: decode -> detect -> segment -> polygonize for a batch of inputs, with
-per-image failures turned into :class:`~annotator.records.ImageResult` statuses instead of exceptions.
+An engine (``pipelines/local.py`` threads, ``pipelines/ray_images.py`` on Ray) decides *where* and *how
+many*; this module decides *what*. Per image and per batch::
+
+    CPU pool:     decode_or_error -> Stages.prepare       (letterbox for the detector and for SAM)
+    CPU:          Stages.collate                           (one batch, SAM inputs stacked in pinned memory)
+    model thread: Stages.infer                             (detector + SAM encoder/decoder; one copy to host)
+    CPU pool:     Stages.finish                            (mask upsampling, polygons)
+
+Per-image failures become :class:`~annotator.records.ImageResult` statuses, never exceptions: a batch
+that fails as a whole is re-run one image at a time so that only the culprit is ``failed``.
 
 Example:
     >>> stages = Stages.build(cfg, models)  # doctest: +SKIP
-    >>> results = stages.process([load_or_error(item, cfg) for item in items])  # doctest: +SKIP
+    >>> results = stages.process([decode_or_error(item, cfg) for item in items])  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -14,14 +21,17 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
 
 from annotator.config import AnnotateConfig
 from annotator.detect import Detector
 from annotator.models import ResolvedModels
 from annotator.polygons import Polygonizer
-from annotator.records import Detections, DecodedImage, ImageResult, ImageStatus, Instance, SourceItem
-from annotator.segment import Segmenter
-from annotator.sources import ImageDecodeError, decode_image_bytes, max_file_bytes, read_image_bytes
+from annotator.records import Detections, DecodedImage, ImageResult, ImageStatus, SourceItem
+from annotator.segment import MaskFinisher, Segmenter
+from annotator.image_decode import ImageDecodeError, decode_image_bytes, max_file_bytes, read_image_bytes
 
 
 def _one_line(e: BaseException) -> str:
@@ -51,6 +61,8 @@ class Stages:
     segmenter: Segmenter
     polygonizer: Polygonizer
     det_batch: int = 1
+    pin_memory: bool = False
+    _cpu_steps: CpuSteps | None = field(default=None, repr=False)
 
     @classmethod
     def build(
@@ -87,12 +99,22 @@ class Stages:
                 if stage is not None:
                     stage.threads.n = cfg.torch_threads
         on_cpu = str(cfg.device).strip().lower() == "cpu" or not _cuda_available()
+        if segmenter is not None and not on_cpu:
+            segmenter.encoder_batch = cfg.batch_size  # fixed encoder shapes: compiled graphs apply
+        if segmenter is not None and cfg.compile:
+            segmenter.compile_encoder()
         return cls(
             detector,  # type: ignore[arg-type]
             segmenter,  # type: ignore[arg-type]
             cls.build_polygonizer(cfg),
             det_batch=1 if on_cpu else cfg.batch_size,
+            pin_memory=not on_cpu and str(cfg.device).strip().lower() != "mps",
         )
+
+    @staticmethod
+    def build_finisher(cfg: AnnotateConfig) -> MaskFinisher:
+        """SAM output -> instances for ``cfg`` (no model: cheap to build in every CPU worker)."""
+        return MaskFinisher(cfg.sam_min_score, "full" if cfg.compat == "ultralytics" else "crop")
 
     @staticmethod
     def build_polygonizer(cfg: AnnotateConfig) -> Polygonizer:
@@ -109,56 +131,103 @@ class Stages:
     def names(self) -> dict[int, str]:
         return self.detector.names
 
-    def process(self, inputs: Sequence[DecodedImage | ImageResult]) -> list[ImageResult]:
-        """Models and polygons for a batch: :meth:`infer` then :meth:`polygonize` for each image."""
-        return [self.polygonize(x) for x in self.infer(inputs)]
+    # -- the steps, by where they run ------------------------------------------------------------------------
+    def prepare(self, x: DecodedImage | ImageResult) -> PreparedImage | ImageResult:
+        """[CPU pool] Letterbox one decoded image for the detector and for SAM (failed inputs pass through)."""
+        return self.cpu_steps.prepare(x)
 
-    def infer(self, inputs: Sequence[DecodedImage | ImageResult]) -> list[InferredImage | ImageResult]:
-        """Run detector and segmenter on the decoded images of a batch; pass already-failed inputs through.
+    @property
+    def cpu_steps(self) -> CpuSteps:
+        """The model-free steps of these stages (prepare, finish), picklable for CPU workers."""
+        if self._cpu_steps is None:
+            self._cpu_steps = CpuSteps(
+                self.detector.input_spec if self.detector is not None else None,
+                self.polygonizer,
+                self.segmenter.finisher if self.segmenter is not None else None,
+            )
+        return self._cpu_steps
 
-        When the batch fails as a whole, each image is retried alone so that only the culprit is marked
-        ``failed``; the others keep their results.
+    def collate(self, inputs: Sequence[PreparedImage | ImageResult]) -> PreparedBatch:
+        """[CPU] One model batch: the SAM inputs stacked once, in pinned memory on CUDA (non-blocking upload)."""
+        prepared = [x for x in inputs if isinstance(x, PreparedImage)]
+        sam = None
+        if prepared and prepared[0].sam_input is not None:
+            sam = np.stack([p.sam_input for p in prepared])
+            if self.pin_memory:
+                import torch
+
+                sam = torch.from_numpy(sam).pin_memory()
+        return PreparedBatch(list(inputs), sam)
+
+    def infer(self, batch: PreparedBatch | Sequence[PreparedImage | ImageResult]) -> list[InferredImage | ImageResult]:
+        """[model thread] Detector and segmenter on a batch; failed inputs pass through.
+
+        When the batch fails as a whole, each image is retried alone so that only the culprit is ``failed``.
         """
-        decoded = [x for x in inputs if isinstance(x, DecodedImage)]
+        if not isinstance(batch, PreparedBatch):
+            batch = self.collate(batch)
+        prepared = [x for x in batch.inputs if isinstance(x, PreparedImage)]
         done: dict[int, InferredImage | ImageResult] = {}
-        if decoded:
+        if prepared:
             try:
-                for d, r in zip(decoded, self._models(decoded)):
-                    done[id(d)] = r
-            except Exception:
-                for d in decoded:
+                for p, r in zip(prepared, self._models(prepared, batch.sam_inputs)):
+                    done[id(p)] = r
+            except Exception:  # noqa: BLE001
+                for p in prepared:
                     try:
-                        done[id(d)] = self._models([d])[0]
-                    except Exception as e:
-                        done[id(d)] = ImageResult(d.item, ImageStatus.FAILED, d.image_hw, reason=_one_line(e))
-        return [done[id(x)] if isinstance(x, DecodedImage) else x for x in inputs]
+                        done[id(p)] = self._models([p], None)[0]
+                    except Exception as e:  # noqa: BLE001
+                        done[id(p)] = ImageResult(p.item, ImageStatus.FAILED, p.image_hw, reason=_one_line(e))
+        return [done[id(x)] if isinstance(x, PreparedImage) else x for x in batch.inputs]
 
-    def polygonize(self, x: InferredImage | ImageResult) -> ImageResult:
-        """Masks -> polygons for one image (failed inputs pass through)."""
-        if isinstance(x, ImageResult):
-            return x
-        t0 = time.perf_counter()
-        try:
-            polys = self.polygonizer(x.instances)
-        except Exception as e:
-            return ImageResult(x.item, ImageStatus.FAILED, x.image_hw, reason=f"polygonize: {_one_line(e)}")
-        secs = {**x.seconds, "polygonize": time.perf_counter() - t0}
-        status = ImageStatus.OK if polys else ImageStatus.EMPTY
-        return ImageResult(x.item, status, x.image_hw, tuple(polys), seconds=secs)
+    def finish(self, x: InferredImage | ImageResult) -> ImageResult:
+        """[CPU pool] SAM's masks upsampled and cropped, then polygons, for one image (failures pass through)."""
+        return self.cpu_steps.finish(x)
 
-    def _models(self, decoded: Sequence[DecodedImage]) -> list[InferredImage]:
-        images = [d.image_bgr for d in decoded]
-        n = len(images)
+    def process(self, inputs: Sequence[DecodedImage | ImageResult]) -> list[ImageResult]:
+        """All steps for a batch on the calling thread (tests, benchmarks, small jobs)."""
+        return [self.finish(x) for x in self.infer([self.prepare(x) for x in inputs])]
+
+    def _models(self, prepared: Sequence[PreparedImage], sam_inputs) -> list[InferredImage]:
+        n = len(prepared)
+        hws = [p.image_hw for p in prepared]
         t0 = time.perf_counter()
-        dets = self.detect(images)
+        if all(p.detections is not None for p in prepared):
+            dets = [p.detections for p in prepared]  # detected by a separate step (Ray split mode)
+        else:
+            dets = self.detect(prepared)
         t1 = time.perf_counter()
-        insts = self.segmenter(images, dets)
+        if sam_inputs is None:
+            sam_inputs = np.stack([p.sam_input for p in prepared])
+        outs = self.segmenter.infer(sam_inputs, hws, dets)
         t2 = time.perf_counter()
-        secs = {"detect": (t1 - t0) / n, "segment": (t2 - t1) / n}
-        return [InferredImage(d.item, d.image_hw, i, dict(secs)) for d, i in zip(decoded, insts)]
+        return [
+            InferredImage(p.item, p.image_hw, d, o, seconds={**p.seconds, "detect": (t1 - t0) / n, "segment": (t2 - t1) / n})
+            for p, d, o in zip(prepared, dets, outs)
+        ]
 
+    def detect_only(self, inputs: Sequence[PreparedImage | ImageResult]) -> list[PreparedImage | ImageResult]:
+        """[model thread] The detector step alone (Ray split mode): prepared images gain their detections and
+        drop the detector input; a batch failing as a whole is re-run image by image."""
+        prepared = [x for x in inputs if isinstance(x, PreparedImage)]
+        try:
+            done = dict(zip(map(id, prepared), self._detected(prepared))) if prepared else {}
+        except Exception:  # noqa: BLE001
+            done = {}
+            for p in prepared:
+                try:
+                    done[id(p)] = self._detected([p])[0]
+                except Exception as e:  # noqa: BLE001
+                    done[id(p)] = ImageResult(p.item, ImageStatus.FAILED, p.image_hw, reason=_one_line(e))
+        return [done[id(x)] if isinstance(x, PreparedImage) else x for x in inputs]
 
-    def detect(self, images: Sequence) -> list[Detections]:
+    def _detected(self, prepared: Sequence[PreparedImage]) -> list[PreparedImage]:
+        t0 = time.perf_counter()
+        dets = self.detect(prepared)
+        per = (time.perf_counter() - t0) / len(prepared)
+        return [replace(p, det_input=None, detections=d, seconds={**p.seconds, "detect": per}) for p, d in zip(prepared, dets)]
+
+    def detect(self, prepared: Sequence[PreparedImage]) -> list[Detections]:
         """Detector calls of exactly ``det_batch`` same-shape images each (the last padded with copies).
 
         Batched convolutions round differently for different batch sizes (YOLO confidences moved in the 7th
@@ -166,16 +235,17 @@ class Stages:
         it: that makes a resumed or incremental run produce the very bytes of an uninterrupted one.
         On CPU ``det_batch`` is 1, as in Ultralytics' own loop.
         """
-        out: list = [None] * len(images)
+        out: list = [None] * len(prepared)
         by_shape: dict[tuple, list[int]] = {}
-        for i, im in enumerate(images):
-            by_shape.setdefault(tuple(im.shape), []).append(i)
+        for i, p in enumerate(prepared):
+            by_shape.setdefault(p.image_hw, []).append(i)
         for idxs in by_shape.values():
             for k in range(0, len(idxs), self.det_batch):
                 chunk = idxs[k : k + self.det_batch]
-                batch = [images[i] for i in chunk]
-                batch += [batch[-1]] * (self.det_batch - len(batch))
-                for i, d in zip(chunk, self.detector(batch)):
+                batch = [prepared[i].det_input for i in chunk]
+                hws = [prepared[i].image_hw for i in chunk]
+                pad = self.det_batch - len(batch)
+                for i, d in zip(chunk, self.detector.infer(batch + batch[-1:] * pad, hws + hws[-1:] * pad)):
                     out[i] = d
         return out
 
@@ -187,12 +257,88 @@ def _cuda_available() -> bool:
 
 
 @dataclass(frozen=True)
-class InferredImage:
-    """An image after the models: its instances (masks) before polygonization."""
+class CpuSteps:
+    """The model-free steps, picklable: what the CPU pools (local) and CPU tasks (Ray) run.
+
+    Attributes:
+        det_input: the detector's letterbox (:class:`annotator.detect.DetectorInput`), or None.
+        polygonizer: masks -> polygons.
+        finisher: SAM output -> instances (:class:`MaskFinisher`), or None.
+    """
+
+    det_input: Any
+    polygonizer: Polygonizer
+    finisher: MaskFinisher | None = None
+
+    def prepare(self, x: DecodedImage | ImageResult) -> PreparedImage | ImageResult:
+        """Letterbox one decoded image for the detector and for SAM (failed inputs pass through)."""
+        if isinstance(x, ImageResult):
+            return x
+        from annotator.segment import letterbox_rgb
+
+        t0 = time.perf_counter()
+        try:
+            det_in = self.det_input(x.image_bgr) if self.det_input is not None else None
+            sam_in = letterbox_rgb(x.image_bgr) if self.finisher is not None else None
+        except Exception as e:  # noqa: BLE001 - one image, never its neighbours
+            return ImageResult(x.item, ImageStatus.FAILED, x.image_hw, reason=f"prepare: {_one_line(e)}")
+        return PreparedImage(x.item, x.image_hw, det_in, sam_in, {"prepare": time.perf_counter() - t0})
+
+    def finish(self, x: InferredImage | ImageResult) -> ImageResult:
+        """SAM's masks upsampled and cropped, then polygons, for one image (failures pass through)."""
+        if isinstance(x, ImageResult):
+            return x
+        t0 = time.perf_counter()
+        try:
+            instances = self.finisher(x.sam_output, x.detections, x.image_hw) if x.sam_output is not None else []
+        except Exception as e:  # noqa: BLE001
+            return ImageResult(x.item, ImageStatus.FAILED, x.image_hw, reason=f"masks: {_one_line(e)}")
+        t1 = time.perf_counter()
+        try:
+            polys = self.polygonizer(instances)
+        except Exception as e:  # noqa: BLE001
+            return ImageResult(x.item, ImageStatus.FAILED, x.image_hw, reason=f"polygonize: {_one_line(e)}")
+        secs = {**x.seconds, "segment": x.seconds.get("segment", 0.0) + t1 - t0, "polygonize": time.perf_counter() - t1}
+        return ImageResult(x.item, ImageStatus.OK if polys else ImageStatus.EMPTY, x.image_hw, tuple(polys), seconds=secs)
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    """An image letterboxed for both models (the decoded frame itself is no longer held).
+
+    Attributes:
+        det_input: ``(h, w, 3)`` uint8 BGR, letterboxed for the detector (``Detector.prepare``).
+        sam_input: ``(1024, 1024, 3)`` uint8 RGB, letterboxed for SAM (``Segmenter.prepare``).
+    """
 
     item: SourceItem
     image_hw: tuple[int, int]
-    instances: list[Instance]
+    det_input: np.ndarray | None
+    sam_input: np.ndarray | None
+    seconds: dict[str, float] = field(default_factory=dict)
+    detections: Detections | None = None  # set by a separate detector step (Ray split mode)
+
+
+@dataclass(frozen=True)
+class PreparedBatch:
+    """One model batch: its inputs in order, and the SAM inputs of its prepared images stacked
+    (``(B, 1024, 1024, 3)`` uint8, numpy or a pinned torch tensor), or None."""
+
+    inputs: list
+    sam_inputs: Any = None
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+
+@dataclass(frozen=True)
+class InferredImage:
+    """An image after the models: its detections and SAM's low-res output, in host memory."""
+
+    item: SourceItem
+    image_hw: tuple[int, int]
+    detections: Detections
+    sam_output: Any = None  # annotator.segment.SamOutput (host arrays): finish() turns it into instances
     seconds: dict[str, float] = field(default_factory=dict)
 
 

@@ -33,6 +33,8 @@ class RunSummary:
         unchanged: inputs skipped because the ledger holds a current result for them (incremental runs).
         removed: inputs deleted since the last run whose labels were removed.
         report_json: the ``run_report.json`` written beside the outputs.
+        engine_stats: figures the engine measured (local: ``model_busy_s``, ``model_thread_s``, the share of
+            the model thread's time spent in model calls).
     """
 
     images_seen: int = 0
@@ -57,6 +59,7 @@ class RunSummary:
     unchanged: int = 0
     removed: int = 0
     report_json: Path | None = None
+    engine_stats: dict = field(default_factory=dict)
 
     @property
     def instances(self) -> int:

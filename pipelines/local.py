@@ -1,129 +1,182 @@
-"""In-process runner: the stages in one process, threads around the model calls.
+"""In-process engine: CPU pools around one model thread that only runs the models.
 
-Three lanes overlap:
+::
 
-* a thread pool decodes batch ``k+1`` while the models run on batch ``k``;
-* the main thread runs detector + segmenter on batch ``k`` (torch uses the cores);
-* one writer thread polygonizes and writes batch ``k-1`` in input order.
+    cpu pool (cores):   read + decode + letterbox (detector, SAM)   batch k+1, k+2 ahead
+    collate (1 thread): stack batch k+1's SAM inputs (pinned memory on CUDA)
+    model thread:       detector + SAM on batch k (one device-to-host copy per batch)
+    cpu pool (cores):   masks upsampled + polygons for batch k-1, per image
+    caller:             results in input order (api.run writes them on its writer thread)
 
-Used for debugging, tests and small jobs; ``pipelines/ray_images.py`` runs the same stages on Ray.
+Every queue between the lanes is bounded (two batches ahead, two behind), so memory stays flat whatever
+the number of images. On a CPU the segmenter encodes ``cpu_workers`` images at once (each alone in its
+own task: identical results), so the model thread hands the models chunks of that size and each chunk is
+finished and written while the next one runs.
+
+The engine reports how busy the model thread was (``EngineRun.stats``): ``model_busy_s`` (inside model
+calls), ``model_wait_s`` (waiting for prepared input: the CPU lanes are too slow), ``model_blocked_s``
+(waiting for the finishing lanes to take results), ``model_thread_s`` (all of it).
 """
 
 from __future__ import annotations
 
+import collections
+import queue
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
 
 from annotator.config import AnnotateConfig
+from annotator.engine import EngineRun
 from annotator.models import ResolvedModels
-from annotator.output import open_writer
-from annotator.records import DecodedImage, ImageResult, SourceItem
-from annotator.stages import Stages, decode_or_error, with_seconds
-from annotator.summary import RunSummary
+from annotator.records import ImageResult, SourceItem
+from annotator.segment import usable_cores
+from annotator.stages import Stages, decode_or_error
+
+_END = object()
+_AHEAD = 2  # model batches prepared ahead of the model thread
 
 
-def _batches(items: Sequence[SourceItem], size: int) -> Iterator[Sequence[SourceItem]]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
-
-
-def _timed_decode(item: SourceItem, cfg: AnnotateConfig) -> tuple[DecodedImage | ImageResult, float]:
-    t0 = time.perf_counter()
-    out = decode_or_error(item, cfg)
-    return out, time.perf_counter() - t0
-
-
-def run_local(
-    cfg: AnnotateConfig,
-    models: ResolvedModels,
-    scan,
-    *,
-    on_result: Callable[[ImageResult], None] | None = None,
-    stages: Stages | None = None,
-) -> RunSummary:
-    """Annotate ``scan.items`` in this process and write the outputs.
+def local_engine(cfg: AnnotateConfig, models: ResolvedModels, plan, *, stages: Stages | None = None) -> EngineRun:
+    """Load the models (now), then compute ``plan.items`` lazily, in this process.
 
     Args:
-        cfg: validated settings.
+        cfg: validated settings; ``cfg.workers`` threads per CPU pool (default: the usable cores).
         models: resolved weight files.
-        scan: :class:`annotator.workplan.WorkPlan`: ``items`` to process (in order), ledger, all inputs.
-        on_result: called with each image's result, in input order (progress bars, ledgers).
-        stages: already-built stages to reuse (benchmarks, tests); built from ``cfg`` when None.
+        plan: :class:`annotator.workplan.WorkPlan`; its ``items`` are processed in order.
+        stages: already-built stages to reuse (benchmarks, tests, stand-in models); built from ``cfg`` when None.
+
+    Example:
+        >>> run = local_engine(cfg, models, plan)  # doctest: +SKIP
+        >>> for result in run.results: ...  # doctest: +SKIP
     """
-    items = list(scan.items)
-    summary = RunSummary(engine="local", output_dir=cfg.output_dir)
-    summary.refused = [{"path": p, "reason": r} for p, r in scan.refused]
     stages = stages or Stages.build(cfg, models)
-    writer = open_writer(cfg, stages.names, scan)
-    summary.label_collisions = sorted(writer.collisions)
-    bar = _progress(len(items)) if cfg.progress else None
+    stages.cpu_steps  # noqa: B018 - built now, once, before the pools share it (sets the detector up)
+    stats: dict[str, float] = {}
+    return EngineRun(names=stages.names, results=_results(cfg, stages, list(plan.items), stats), stats=stats)
 
-    # On CPU the segmenter computes `cpu_workers` images at once, each alone in its own task: handing it the
-    # batch in chunks of that size gives the very same results, and each chunk's images are polygonized and
-    # written (and the progress bar moves) while the next chunk runs, instead of once per batch.
+
+def _prepare(item: SourceItem, cfg: AnnotateConfig, stages: Stages):
+    t0 = time.perf_counter()
+    decoded = decode_or_error(item, cfg)
+    t1 = time.perf_counter()
+    prepared = stages.prepare(decoded)
+    if isinstance(prepared, ImageResult):
+        return prepared
+    return replace(prepared, seconds={**prepared.seconds, "decode": t1 - t0})
+
+
+def _results(cfg: AnnotateConfig, stages: Stages, items: list[SourceItem], stats: dict) -> Iterator[ImageResult]:
+    workers = cfg.workers or usable_cores()
     chunk = getattr(stages.segmenter, "cpu_workers", None) if stages.det_batch == 1 else None
-    stop = threading.Event()  # set when the run is interrupted: the writer stops after the image in flight
+    batches = [items[i : i + cfg.batch_size] for i in range(0, len(items), cfg.batch_size)]
+    cpu = ThreadPoolExecutor(workers, thread_name_prefix="cpu")
+    collate = ThreadPoolExecutor(1, thread_name_prefix="collate")
+    out: queue.Queue = queue.Queue(maxsize=2)  # inferred chunks waiting for the finishing lane
+    stop = threading.Event()
+    errors: list[BaseException] = []
 
-    def finish(batch: list, decode_s: list[float]) -> None:
-        for x, ds in zip(batch, decode_s):
-            if stop.is_set():
-                return
-            res = with_seconds(stages.polygonize(x), decode=ds)
-            t0 = time.perf_counter()
-            writer.write(res)
-            res = with_seconds(res, write=time.perf_counter() - t0)
-            summary.add(res, stages.names)
-            if on_result is not None:
-                on_result(res)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(annotated=summary.annotated, empty=summary.empty, failed=summary.failed)
+    def submit(batch: Sequence[SourceItem]) -> Future:
+        futures = [cpu.submit(_prepare, it, cfg, stages) for it in batch]
+        return collate.submit(lambda: [stages.collate(part) for part in _parts([f.result() for f in futures], chunk)])
 
-    t_start = time.perf_counter()
-    ok = False
-    with ThreadPoolExecutor(cfg.workers, thread_name_prefix="decode") as dec, ThreadPoolExecutor(
-        1, thread_name_prefix="write"
-    ) as post:
-        batches = list(_batches(items, cfg.batch_size))
-        pending: list[Future] = [dec.submit(_timed_decode, it, cfg) for it in batches[0]] if batches else []
-        writes: list[Future] = []
-        max_waiting = 2 * -(-cfg.batch_size // (chunk or cfg.batch_size))  # bounded: two batches' worth of chunks
+    def model_loop() -> None:
+        t_start = time.perf_counter()
+        busy = wait = blocked = 0.0
+        ahead = collections.deque(submit(b) for b in batches[:_AHEAD])
         try:
             for k in range(len(batches)):
-                decoded = [f.result() for f in pending]
-                if k + 1 < len(batches):
-                    pending = [dec.submit(_timed_decode, it, cfg) for it in batches[k + 1]]
-                for part in _batches(decoded, chunk or len(decoded)):
-                    inferred = stages.infer([d for d, _ in part])
-                    writes.append(post.submit(finish, inferred, [s for _, s in part]))
-                    if len(writes) > max_waiting:
-                        writes.pop(0).result()
-            for w in writes:
-                w.result()
-            writer.close()
-            ok = True
-        except BaseException:  # Ctrl-C / SIGTERM / a write error: no new work; the image being written completes
-            stop.set()
-            for f in [*pending, *writes]:
-                f.cancel()
-            raise
+                t0 = time.perf_counter()
+                parts = ahead.popleft().result()
+                wait += time.perf_counter() - t0
+                if k + _AHEAD < len(batches):
+                    ahead.append(submit(batches[k + _AHEAD]))
+                for part in parts:
+                    if stop.is_set():
+                        return
+                    t0 = time.perf_counter()
+                    inferred = stages.infer(part)
+                    t1 = time.perf_counter()
+                    busy += t1 - t0
+                    _put(out, inferred, stop)
+                    blocked += time.perf_counter() - t1
+        except BaseException as e:  # noqa: BLE001 - handed to the caller
+            errors.append(e)
         finally:
-            if not ok:
-                writer.abort()
-            if bar is not None:
-                bar.close()
-    summary.processing_s = time.perf_counter() - t_start
-    summary.images_per_s = len(items) / summary.processing_s if summary.processing_s > 0 else 0.0
-    summary.labels_dir = cfg.labels_dir if cfg.writes_yolo else None
-    summary.scores_csv = writer.scores_path
-    summary.data_yaml = writer.data_yaml_path
-    summary.coco_json = writer.coco_path
-    return summary
+            for f in ahead:
+                f.cancel()
+            stats.update(
+                model_busy_s=busy, model_wait_s=wait, model_blocked_s=blocked,
+                model_thread_s=time.perf_counter() - t_start,
+            )  # fmt: skip
+            _put(out, _END, stop)
+
+    thread = threading.Thread(target=model_loop, name="models", daemon=True)
+    thread.start()
+    pending: collections.deque[Future] = collections.deque()
+    max_pending = 2 * cfg.batch_size  # images being finished or waiting to go out: memory stays flat
+    ended = False
+    try:
+        while not ended or pending:
+            # hand every inferred chunk waiting to the finishing lane, then give out the oldest result as soon
+            # as it is finished (results go out while the model thread computes the next chunk)
+            while not ended and len(pending) < max_pending:
+                inferred = _get(out, thread, timeout=0.02 if pending else None)
+                if inferred is None:
+                    break
+                if inferred is _END:
+                    ended = True
+                else:
+                    pending.extend(cpu.submit(stages.finish, x) for x in inferred)
+            if pending and (ended or pending[0].done() or len(pending) >= max_pending):
+                yield pending.popleft().result()
+        if errors:
+            raise errors[0]
+    finally:  # normal end, or the caller closed us (interrupt, write error): no new work, threads joined
+        stop.set()
+        for f in pending:
+            f.cancel()
+        while thread.is_alive():
+            _drain(out)
+            thread.join(timeout=0.05)
+        collate.shutdown(wait=True, cancel_futures=True)
+        cpu.shutdown(wait=True, cancel_futures=True)
 
 
-def _progress(total: int):
-    from tqdm import tqdm
+def _parts(prepared: list, size: int | None) -> list[list]:
+    size = size or len(prepared) or 1
+    return [prepared[i : i + size] for i in range(0, len(prepared), size)]
 
-    return tqdm(total=total, unit="img", dynamic_ncols=True, desc="annotate")
+
+def _put(q: queue.Queue, x, stop: threading.Event) -> None:
+    """Put into a bounded queue, giving up when the run is being stopped (nobody takes any more)."""
+    while True:
+        try:
+            q.put(x, timeout=0.05)
+            return
+        except queue.Full:
+            if stop.is_set():
+                return
+
+
+def _get(q: queue.Queue, producer: threading.Thread, timeout: float | None):
+    """The next item; None after ``timeout`` seconds without one (None: wait as long as the producer lives)."""
+    t_end = None if timeout is None else time.perf_counter() + timeout
+    while True:
+        try:
+            return q.get(timeout=0.1 if timeout is None else max(0.0, t_end - time.perf_counter()))
+        except queue.Empty:
+            if not producer.is_alive() and q.empty():
+                return _END
+            if t_end is not None and time.perf_counter() >= t_end:
+                return None
+
+
+def _drain(q: queue.Queue) -> None:
+    try:
+        while True:
+            q.get_nowait()
+    except queue.Empty:
+        pass
