@@ -13,7 +13,6 @@ import logging
 import os
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -23,6 +22,7 @@ import ray.cloudpickle
 
 from annotator.api import run
 from annotator.config import make_config
+from annotator.engine_settings import RaySettings
 from annotator.errors import ConfigError, ModelLoadError
 from annotator.stages import Stages
 from annotator.synthetic import write_synthetic_dataset
@@ -113,45 +113,52 @@ class _FaultyStages(Stages):
         raise RuntimeError(f"injected failure on {self.bad_rel}")
 
     def infer(self, inputs):
-        if any(getattr(getattr(x, "item", None), "rel_path", None) == self.bad_rel for x in inputs):
+        if any(getattr(getattr(x, "item", None), "rel_path", None) == self.bad_rel for x in getattr(inputs, "inputs", inputs)):
             self._fail()
         return super().infer(inputs)
+
+    def detect(self, prepared):
+        if any(p.image_hw == self.bad_shape[:2] for p in prepared):
+            self._fail()
+        return super().detect(prepared)
 
 
 def _faulty_factory(cfg, models, *, bad_rel: str, bad_shape: tuple, how: str) -> Stages:
     st = Stages.build(cfg, models)
     faulty = _FaultyStages(**{f.name: getattr(st, f.name) for f in dataclasses.fields(st)})
     faulty.bad_rel, faulty.bad_shape, faulty.how = bad_rel, bad_shape, how
-    real_detector = st.detector
-
-    def detector(images):
-        if any(tuple(im.shape) == bad_shape for im in images):
-            faulty._fail()
-        return real_detector(images)
-
-    faulty.detector = detector  # type: ignore[assignment]
     return faulty
 
 
 # ------------------------------------------------------------------------------------------------- tests
 
 
-def test_settings_resolve_and_refuse_typos():
-    r = RayResources.from_config(None, fused=False, actors=3).resolved(cluster_cpus=8, cluster_gpus=4, device="")
-    assert (r.gpus_per_actor, r.det_gpus_per_actor, r.actors, r.det_actors) == (1.0, 0.25, (3, 3), (3, 3))
-    r = RayResources.from_config(None, gpus_per_actor=0.5).resolved(cluster_cpus=16, cluster_gpus=2, device="")
+def _resources(**settings) -> RayResources:
+    return RayResources.from_settings(RaySettings(**settings))
+
+
+def test_settings_resolve_and_refuse_typos(tmp_path):
+    r = _resources(fused=False, actors=3, det_actors=3).resolved(cluster_cpus=8, cluster_gpus=4, device="")
+    assert (r.gpus_per_actor, r.det_gpus_per_actor, r.actors, r.det_actors) == (0.75, 0.25, (3, 3), (3, 3))
+    r = _resources(gpus_per_actor=0.5).resolved(cluster_cpus=16, cluster_gpus=2, device="")
     assert r.actors == (1, 4) and r.cpus_per_actor == 1.0  # two actors per GPU
-    r = RayResources().resolved(cluster_cpus=2, cluster_gpus=2, device="cpu")
+    r = _resources().resolved(cluster_cpus=2, cluster_gpus=2, device="cpu")
     assert r.gpus_per_actor == 0.0 and r.actors == (1, 1)
+    # split mode on a one-GPU node: the minimum pools (one SAM actor + one detector actor) fit on that GPU
+    r = _resources(fused=False).resolved(cluster_cpus=16, cluster_gpus=1, device="")
+    assert r.gpus_per_actor * r.actors[0] + r.det_gpus_per_actor * r.det_actors[0] <= 1.0
+    data = tmp_path / "d"
+    data.mkdir()
     with pytest.raises(ConfigError, match="did you mean 'gpus_per_actor'"):
-        RayResources.from_config(None, gpus_per_actr=1)
-    with pytest.raises(ConfigError, match="max_task_retries"):
-        RayResources.from_config(None, max_task_retries=-1)  # -1 (forever) would let a poison input hang
-    with pytest.raises(ConfigError, match="actors"):
-        RayResources.from_config(None, actors=(3, 1))
-    cfg = SimpleNamespace(ray_fused=False, ray_actors=[2, 4], ray_max_task_retries=None)  # config's ray_* fields
-    r = RayResources.from_config(cfg, actors=(1, 2))
-    assert (r.fused, r.actors, r.max_task_retries) == (False, (1, 2), 2)  # option > config > default
+        make_config(data=data, ray={"gpus_per_actr": 1})
+    with pytest.raises(ConfigError, match="ray.max_task_retries"):
+        make_config(data=data, ray={"max_task_retries": -1})  # -1 (forever) would let a poison input hang
+    with pytest.raises(ConfigError, match="ray.actors"):
+        make_config(data=data, ray={"actors": [3, 1]})
+    with pytest.raises(ConfigError, match=r"one section now: ray: \{fused"):
+        make_config(data=data, ray_fused=False)  # the flat names of earlier versions say where they went
+    cfg = make_config(data=data, ray={"fused": False, "actors": [2, 4]})
+    assert (cfg.ray.fused, cfg.ray.actors, cfg.ray.max_task_retries) == (False, (2, 4), 2)
 
 
 def test_worker_errors_come_back_as_one_line_annotator_errors():
@@ -174,7 +181,8 @@ def test_udf_raising_on_one_image_fails_only_that_image(
     was_running = ray.is_initialized()
     factory = functools.partial(_faulty_factory, bad_rel="odd.png", bad_shape=(64, 80, 3), how="raise")
     cfg = _config(small_folder, tmp_path / "out", random_yolo_ckpt, sam2_t_ckpt, batch_size=4, engine="ray")
-    summary = run(cfg, engine_options={"stages_factory": factory, "fused": fused, "num_cpus": 2})
+    cfg = cfg.model_copy(update={"ray": RaySettings(fused=fused, num_cpus=2)})
+    summary = run(cfg, engine_options={"stages_factory": factory})
     assert ray.is_initialized() == was_running
     assert summary.status_counts == {"failed": 1, "empty": 3}
     [failure] = summary.failures
@@ -192,7 +200,7 @@ def test_same_bytes_as_local_engine(
         shapes_folder, tmp_path / "ray", shapes_detector, sam2_t_ckpt, batch_size=2, sam_min_score=0.0, engine="ray"
     )
     seen = []
-    summary = run(cfg, on_result=seen.append, engine_options={"fused": fused})
+    summary = run(cfg.model_copy(update={"ray": RaySettings(fused=fused)}), on_result=seen.append)
     files = _output_files(tmp_path / "ray")
     assert sorted(files) == sorted(local_files)
     for name in local_files:
@@ -209,7 +217,8 @@ def test_worker_dying_on_one_image_ends_failed_without_hanging(
 ):
     factory = functools.partial(_faulty_factory, bad_rel="b.png", bad_shape=(), how="exit")
     cfg = _config(small_folder, tmp_path / "out", random_yolo_ckpt, sam2_t_ckpt, batch_size=4, engine="ray")
-    summary = run(cfg, engine_options={"stages_factory": factory, "max_task_retries": 0})
+    cfg = cfg.model_copy(update={"ray": RaySettings(max_task_retries=0)})
+    summary = run(cfg, engine_options={"stages_factory": factory})
     assert summary.status_counts == {"failed": 1, "empty": 3}  # its batch-mates were re-run alone and kept
     [failure] = summary.failures
     assert failure["path"] == "b.png" and "worker" in failure["reason"] and "lost" in failure["reason"]
