@@ -115,17 +115,17 @@ def bench_speed(n: int, repeats: int, tmp: Path, sam: Path) -> None:
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
     t_init = time.perf_counter() - t0
     print(f"speed: {n} images 320x320, shapes detector + random sam2_t, cpu, batch 4; ray.init {t_init:.1f} s")
-    runs = {"local": ({"engine": "local"}, {}), "ray fused": ({"engine": "ray"}, {"fused": True}),
-            "ray split": ({"engine": "ray"}, {"fused": False})}  # fmt: skip
+    runs = {"local": {"engine": "local"}, "ray fused": {"engine": "ray", "ray": {"fused": True}},
+            "ray split": {"engine": "ray", "ray": {"fused": False}}}  # fmt: skip
     ips: dict[str, list[float]] = {k: [] for k in runs}
     wall: dict[str, list[float]] = {k: [] for k in runs}
     for r in range(repeats):
-        for name, (kw, opts) in runs.items():
+        for name, kw in runs.items():
             out = tmp / f"out_{r}_{name.replace(' ', '_')}"
             cfg = make_config(data=images, det_model=str(SHAPES_DETECTOR), sam_model=str(sam), device="cpu",
                               output_dir=out, format="both", batch_size=4, **kw)  # fmt: skip
             t0 = time.perf_counter()
-            s = run(cfg, engine_options=opts or None)
+            s = run(cfg)
             wall[name].append(time.perf_counter() - t0)
             ips[name].append(s.images_per_s)
             print(f"  repeat {r} {name:9s}: {s.images_per_s:.3f} images/s, wall {wall[name][-1]:.1f} s; {s.one_line()}")
@@ -162,10 +162,10 @@ def bench_memory(sizes: list[int], tmp: Path, sam: Path, yolo: Path) -> None:
 def _memory_run(engine: str, images: str, sam: str, yolo: str, out: str) -> None:
     """One run in this (fresh) process, its peak memory printed as one JSON line."""
     cfg = make_config(data=images, det_model=yolo, sam_model=sam, device="cpu", imgsz=64, output_dir=out,
-                      format="both", engine=engine)  # fmt: skip
+                      format="both", engine=engine, ray={"num_cpus": 2})  # fmt: skip
     t0 = time.perf_counter()
     with PeakMemory() as mem:
-        s = run(cfg, engine_options={"num_cpus": 2} if engine == "ray" else None)
+        s = run(cfg)
     print(json.dumps({"driver": mem.driver, "workers": mem.workers, "processes": mem.max_workers, "total": mem.total,
                       "images_per_s": s.images_per_s, "wall_s": time.perf_counter() - t0}))  # fmt: skip
 

@@ -117,22 +117,25 @@ def main(argv=None) -> None:
 
         # mask decoder: K boxes in one call vs K calls
         if sam2:
-            from annotator.segment import Segmenter
+            from annotator import sam_ops
 
-            seg = Segmenter.__new__(Segmenter)
-            seg.model, seg.family, seg.device = model, "sam2", torch.device("cpu")
-            seg._feat_sizes = [(256, 256), (128, 128), (64, 64)]
-            feats = seg._encode(x1)
-            boxes = np.array([[100 + 50 * k, 100, 300 + 50 * k, 400] for k in range(a.boxes)], np.float32)
-            seg._decode(feats, 0, boxes, (1024, 1024))
+            with torch.inference_mode():
+                feats = sam_ops.encode(model, "sam2", x1)
+            boxes = torch.tensor([[100 + 50 * k, 100, 300 + 50 * k, 400] for k in range(a.boxes)], dtype=torch.float32)
+
+            def decode(b):
+                with torch.inference_mode():
+                    return sam_ops.decode_one_image(model, "sam2", feats, 0, b)
+
+            decode(boxes)
             t_one, t_each = [], []
             for r in range(a.repeats):
                 t0 = time.perf_counter()
-                seg._decode(feats, 0, boxes, (1024, 1024))
+                decode(boxes)
                 t_one.append(time.perf_counter() - t0)
                 t0 = time.perf_counter()
                 for k in range(a.boxes):
-                    seg._decode(feats, 0, boxes[k : k + 1], (1024, 1024))
+                    decode(boxes[k : k + 1])
                 t_each.append(time.perf_counter() - t0)
             print(f"mask decoder, {a.boxes} boxes: one call {statistics.median(t_one) * 1e3:.0f} ms, "
                   f"{a.boxes} calls {statistics.median(t_each) * 1e3:.0f} ms")  # fmt: skip

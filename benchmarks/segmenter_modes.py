@@ -31,10 +31,10 @@ def main(argv=None) -> None:
     import torch
     from ultralytics.models.sam import build
 
-    from annotator.bench import parse_hw
     from annotator.records import Detections
     from annotator.segment import Segmenter, usable_cores
     from annotator.synthetic import make_shapes_image
+    from benchmarks.ground_truth import parse_hw
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sam-model", default=None, help="a sam2_t.pt checkpoint (default: random weights)")
@@ -65,6 +65,7 @@ def main(argv=None) -> None:
     def run(mode):
         workers, threads = modes[mode]
         seg.cpu_workers, seg.threads.n = workers, threads
+        seg.encoder_batch = len(images) if workers == 1 else 1  # the whole batch in one call / one image per task
         t0 = time.perf_counter()
         seg(images, dets)
         return (time.perf_counter() - t0) / len(images)

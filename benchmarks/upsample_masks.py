@@ -5,7 +5,7 @@ the letterboxed 256x256 frame as SAM's decoder does), for several image sizes:
 
 * ``full``: Ultralytics' path -- ``ops.scale_masks`` of every whole mask to the image, threshold (what
   its SAM predictor's postprocess does), then our :class:`MaskCrop` of each;
-* ``crop``: :func:`annotator.segment.upsample_crops` (only the window where a mask can be positive):
+* ``crop``: :func:`annotator.mask_upsample.upsample_crops` (only the window where a mask can be positive):
   two numpy gathers per window, float32 (``crop f32``, what the pipeline uses) or float64 (``crop f64``);
 * ``crop matmul f64``: the first version of the crop path (dense ``(h, 256) @ (256, 256) @ (256, w)`` float64
   interpolation matrices per window), kept here as the "before" of docs/performance.md.
@@ -33,10 +33,10 @@ import numpy as np  # noqa: E402
 
 
 def realistic_logits(masks: np.ndarray, image_hw: tuple[int, int]):
-    """``(N, 256, 256)`` float32 logits positive on each mask, as SAM's decoder outputs them (see annotator.bench)."""
+    """``(N, 256, 256)`` float32 logits positive on each mask, as SAM's decoder outputs them (ground_truth.py)."""
     import torch
 
-    from annotator.bench import realistic_logits as logits_np
+    from benchmarks.ground_truth import realistic_logits as logits_np
 
     return torch.from_numpy(logits_np(masks, image_hw))
 
@@ -46,7 +46,7 @@ def upsample_crops_matmul_f64(logits, image_hw, threshold: float = 0.0):
     import torch
 
     from annotator.records import MaskCrop
-    from annotator.segment import _LOWRES_PX, lowres_gain
+    from annotator.mask_upsample import LOWRES_PX as _LOWRES_PX, lowres_gain
 
     def interp_matrix(out_len, in_len, gain, limit):
         y = torch.arange(out_len, dtype=torch.float64)
@@ -88,7 +88,7 @@ def upsample_crops_matmul_f64(logits, image_hw, threshold: float = 0.0):
 def main(argv=None) -> None:
     import torch
 
-    from annotator.segment import _upsample_crops, upsample_crops, upsample_full
+    from annotator.mask_upsample import _upsample_crops, upsample_crops, upsample_full
 
     methods = {
         "full (ultralytics)": upsample_full,
@@ -96,8 +96,8 @@ def main(argv=None) -> None:
         "crop f64": lambda lg, hw: _upsample_crops(lg, hw, 0.0, torch.float64),
         "crop f32": upsample_crops,
     }
-    from annotator.bench import parse_hw
     from annotator.synthetic import make_shapes_image
+    from benchmarks.ground_truth import parse_hw
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", type=parse_hw, nargs="+", default=[(480, 640), (720, 1280), (1080, 1920)])

@@ -1,4 +1,5 @@
-"""``annotator bench``: the harness runs both pipelines and reports consistent fields (no timing assertions).
+"""``annotator bench`` (package ``benchmarks``): the harness runs both pipelines and reports consistent fields (no
+timing assertions); ``annotator annotate`` never imports the benchmarks.
 
 Tiny inputs (2 images of 96x128) and MobileSAM with random weights, the fastest SAM encoder to build: the
 IoU head is set so that every mask scores 1.0 and is kept; ``--masks gt`` then swaps SAM's logits for the
@@ -13,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from annotator import bench
+from benchmarks import bench_cli, versus_ultralytics as bench
+from benchmarks.ground_truth import GT_BOXES_NOTE, GT_MASKS_NOTE, parse_hw
 
 
 @pytest.fixture(scope="module")
@@ -40,13 +42,13 @@ def _args(det: Path, sam: Path, *extra: str) -> list[str]:
 
 
 def test_bench_gt_boxes_json_and_table(random_yolo_ckpt, confident_mobile_sam, capsys):
-    rc = bench.main(_args(random_yolo_ckpt, confident_mobile_sam, "--boxes", "gt", "--masks", "gt", "--json"))
+    rc = bench_cli.main(_args(random_yolo_ckpt, confident_mobile_sam, "--boxes", "gt", "--masks", "gt", "--json"))
     assert rc == 0
     rep = json.loads(capsys.readouterr().out)
 
     assert rep["images"] == 2 and rep["image_hw"] == [96, 128] and rep["synthetic"] is True
     assert rep["boxes"] == "gt" and "BOTH pipelines" in rep["boxes_note"]
-    assert rep["masks"] == "gt" and rep["masks_note"] == bench.GT_MASKS_NOTE
+    assert rep["masks"] == "gt" and rep["masks_note"] == GT_MASKS_NOTE
     assert set(rep["pipelines"]) == {"annotator", "ultralytics"}
     assert set(rep["torch_threads"]) == {"annotator", "ultralytics"}
     ours, theirs = rep["pipelines"]["annotator"], rep["pipelines"]["ultralytics"]
@@ -74,15 +76,15 @@ def test_bench_gt_boxes_json_and_table(random_yolo_ckpt, confident_mobile_sam, c
     assert rep["notes"] == []
 
     table = bench.format_report(rep)
-    for text in ("images/s", "annotator", "ultralytics", "ratio annotator/ultralytics", bench.GT_BOXES_NOTE,
-                 bench.GT_MASKS_NOTE, bench.POLYGON_NOTE, "decode", "detect", "segment", "polygonize", "write",
+    for text in ("images/s", "annotator", "ultralytics", "ratio annotator/ultralytics", GT_BOXES_NOTE,
+                 GT_MASKS_NOTE, bench.POLYGON_NOTE, "decode", "detect", "segment", "polygonize", "write",
                  "peak RSS", "CPU s/image", "load average"):  # fmt: skip
         assert text in table, text
     assert f"{rep['ratio']:.2f}x" in table
 
 
 def test_bench_random_detector_says_sam_never_ran(random_yolo_ckpt, confident_mobile_sam, capsys):
-    rc = bench.main(_args(random_yolo_ckpt, confident_mobile_sam, "--warmup", "0"))
+    rc = bench_cli.main(_args(random_yolo_ckpt, confident_mobile_sam, "--warmup", "0"))
     assert rc == 0
     out = capsys.readouterr().out
     assert "the detector's own output" in out and "masks: SAM's own output" in out
@@ -98,12 +100,47 @@ def test_bench_random_detector_says_sam_never_ran(random_yolo_ckpt, confident_mo
     ],
 )
 def test_bench_bad_setup_is_one_line_exit_2(random_yolo_ckpt, confident_mobile_sam, capsys, extra, message):
-    assert bench.main(_args(random_yolo_ckpt, confident_mobile_sam, *extra)) == 2
+    assert bench_cli.main(_args(random_yolo_ckpt, confident_mobile_sam, *extra)) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("annotator bench: error:") and message in err and "\n" not in err
 
 
 def test_parse_hw():
-    assert bench.parse_hw("480x640") == (480, 640)
+    assert parse_hw("480x640") == (480, 640)
     with pytest.raises(Exception, match="HxW"):
-        bench.parse_hw("640")
+        parse_hw("640")
+
+
+def test_annotate_never_imports_the_benchmarks():
+    """``annotator annotate`` (parser, help) loads no benchmark module; ``annotator bench`` is forwarded to them."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from annotator import cli\n"
+        "try:\n"
+        "    cli.main(['annotate', '--help'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print(sorted(m for m in sys.modules if 'bench' in m))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "[]"
+
+
+def test_annotator_bench_forwards_to_benchmarks(capsys):
+    from annotator import cli
+
+    with pytest.raises(SystemExit) as e:
+        cli.main(["bench", "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: annotator bench") and "--boxes" in out and "--masks" in out
+    assert cli.main(["bench", "--repeats", "0"]) == 2  # checked before any model is loaded
+    assert "annotator bench: error: --images, --repeats" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        cli.main(["bench", "--no-such-flag"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("annotator bench: error:") and "\n" not in err
