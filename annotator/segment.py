@@ -172,10 +172,13 @@ class Segmenter:
         self.threads.apply()
         with torch.inference_mode():
             boxes, img_idx = self._boxes(image_hws, detections, todo)  # uploads queued before the encoder
-            feats = self._encode_images(prepared, todo)
-            self.threads.apply()  # CPU encoder workers set their own thread counts
-            with self._autocast():
-                logits, scores = self._decode(feats, boxes, img_idx, [counts[i] for i in todo])
+            workers = min(self.cpu_workers, len(todo)) if self.device.type == "cpu" and not self._compiled else 1
+            if workers > 1:
+                logits, scores = self._per_image_on_cpu_workers(prepared, todo, boxes, counts, workers)
+            else:
+                feats = self._encode_images(prepared, todo)
+                with self._autocast():
+                    logits, scores = self._decode(feats, boxes, img_idx, [counts[i] for i in todo])
             n = logits.shape[0]
             host = torch.cat([scores.reshape(n, 1).float(), logits.reshape(n, -1).float()], 1).cpu().numpy()
         lg_all = host[:, 1:].reshape(n, LOWRES_PX, LOWRES_PX)
@@ -281,19 +284,21 @@ class Segmenter:
         return self._upload(boxes), self._upload(img_idx.astype(np.int64))
 
     def _encode_images(self, prepared, todo: list[int]) -> list:
-        """Feature list (see :mod:`annotator.sam_ops`) of the ``todo`` images, in order."""
-        import torch
-
+        """Feature list (see :mod:`annotator.sam_ops`) of the ``todo`` images, in order, encoded in chunks of
+        ``encoder_batch`` images (on CUDA the last one padded: fixed shapes)."""
         x = self._upload(prepared)
         if len(todo) < x.shape[0]:
             x = x.index_select(0, self._upload(np.asarray(todo, np.int64)))
         eb = max(1, int(self.encoder_batch))
         chunks = [x[k : k + eb] for k in range(0, x.shape[0], eb)]
-        workers = min(self.cpu_workers, len(chunks)) if self.device.type == "cpu" and not self._compiled else 1
-        if workers <= 1:
-            return sam_ops.cat_feats([self._encode_chunk(c, eb if self._cuda else 0) for c in chunks])
-        # CPU: chunks (one image each by default) are encoded in parallel by worker threads, each with
-        # cores // workers torch threads; torch releases the GIL in its kernels. See default_cpu_workers.
+        return sam_ops.cat_feats([self._encode_chunk(c, eb if self._cuda else 0) for c in chunks])
+
+    def _per_image_on_cpu_workers(self, prepared, todo: list[int], boxes, counts: list[int], workers: int):
+        """CPU: each image encoded *and* decoded in its own task by ``workers`` threads of ``cores // workers``
+        torch threads (torch releases the GIL in its kernels), which uses the cores better than torch's
+        intra-op threads or batching do (see :func:`default_cpu_workers`). Same arithmetic as one image alone."""
+        import torch
+
         per_worker = max(1, usable_cores() // workers)
         if self._pool is None or self._pool._max_workers != workers:
             from concurrent.futures import ThreadPoolExecutor
@@ -301,13 +306,20 @@ class Segmenter:
             if self._pool is not None:
                 self._pool.shutdown(wait=True)
             self._pool = ThreadPoolExecutor(workers, thread_name_prefix="sam-cpu")
+        x = self._upload(prepared)
+        starts = np.concatenate([[0], np.cumsum([counts[i] for i in todo])]).tolist()
 
-        def task(chunk):
+        def task(k: int, i: int):
             torch.set_num_threads(per_worker)  # the OpenMP thread count is per calling thread
             with torch.inference_mode():
-                return self._encode_chunk(chunk, 0)
+                feats = self._encode_chunk(x[i : i + 1], 0)
+                one = torch.zeros(starts[k + 1] - starts[k], dtype=torch.long)
+                with self._autocast():
+                    return self._decode(feats, boxes[starts[k] : starts[k + 1]], one, [counts[i]])
 
-        return sam_ops.cat_feats([f.result() for f in [self._pool.submit(task, c) for c in chunks]])
+        parts = [f.result() for f in [self._pool.submit(task, k, i) for k, i in enumerate(todo)]]
+        self.threads.apply()
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
     def _encode_chunk(self, chunk, pad_to: int) -> list:
         """Encoder on ``(n, 1024, 1024, 3)`` uint8 (device), zero-padded up to ``pad_to`` images; features of ``n``."""
