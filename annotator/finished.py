@@ -1,0 +1,126 @@
+"""A finished output folder, read back without running a model: what review exports and evaluation start from.
+
+An output folder holds ``run_report.json`` (the settings and models of the last run) and the ledger
+(``.annotator/ledger.sqlite``: every processed image's instances, lossless). :func:`open_finished` reads both;
+:meth:`FinishedRun.images` streams the processed images in input order (memory stays flat).
+
+Example:
+    >>> run = open_finished("runs/sample")  # doctest: +SKIP
+    >>> run.names, run.data_root  # doctest: +SKIP
+    ({0: 'circle', 1: 'rectangle', 2: 'triangle'}, PosixPath('.../sample_data/shapes/images'))
+    >>> for img in run.images():  # doctest: +SKIP
+    ...     img.rel_path, img.image_hw, [i.class_id for i in img.instances]
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from annotator.errors import ConfigError
+from annotator.records import PolygonInstance
+
+_PROCESSED = ("ok", "empty")
+
+
+@dataclass(frozen=True)
+class FinishedImage:
+    """One processed input of a finished run.
+
+    Attributes:
+        rel_path: POSIX path relative to the run's data root (the image's stable key, sub-folders kept).
+        path: absolute path of the input image.
+        image_hw: ``(height, width)`` in pixels (EXIF-upright, as labelled).
+        status: ``"ok"`` or ``"empty"``.
+        instances: polygons in pixels with class id, detector confidence and SAM score (lossless).
+    """
+
+    rel_path: str
+    path: Path
+    image_hw: tuple[int, int]
+    status: str
+    instances: tuple[PolygonInstance, ...]
+
+    @property
+    def review_score(self) -> float:
+        """How sure the models are about this image, in ``[0, 1]``: the lowest ``det_conf x sam_score`` of its
+        instances (1.0 for an image without any: nothing to check but a possible miss). Lower = review first."""
+        return min((i.det_conf * i.sam_score for i in self.instances), default=1.0)
+
+
+@dataclass(frozen=True)
+class FinishedRun:
+    """Settings, models and ledger of a finished output folder (see :func:`open_finished`).
+
+    Attributes:
+        output_dir: the folder.
+        data_root: the run's input folder (a single-image or ``.txt`` input: that file's folder).
+        names: detector class id -> name, dense ``0..max`` (``class<i>`` for ids the detector did not name).
+        det_model, sam_model: the weight files used, as ``{"path", "sha256"}`` (+ ``architecture`` for SAM).
+        settings: the run's settings as written in ``run_report.json``.
+    """
+
+    output_dir: Path
+    data_root: Path
+    names: dict[int, str]
+    det_model: dict
+    sam_model: dict
+    settings: dict = field(repr=False, default_factory=dict)
+
+    @property
+    def model_version(self) -> str:
+        """The models with the first 12 hex digits of their SHA-256, e.g. ``yolo11x.pt@1a2b3c4d5e6f+sam2_b.pt@...``."""
+        parts = []
+        for m in (self.det_model, self.sam_model):
+            name = Path(str(m.get("path", "?"))).name
+            sha = str(m.get("sha256") or "")[:12]
+            parts.append(f"{name}@{sha}" if sha else name)
+        return "+".join(parts)
+
+    def images(self) -> Iterator[FinishedImage]:
+        """Every processed image (``ok`` or ``empty``) in input order (sorted by ``rel_path``), streamed."""
+        from annotator.ledger import Ledger, instances_from_json
+
+        ledger = Ledger(self.output_dir)
+        try:
+            for rel in sorted(ledger.rel_paths()):
+                row = ledger.get(rel)
+                if row is None or row.status not in _PROCESSED or row.image_hw is None:
+                    continue
+                yield FinishedImage(rel, self.data_root / rel, row.image_hw, row.status, instances_from_json(row.result_json))
+        finally:
+            ledger.close()
+
+
+def open_finished(output_dir: str | Path) -> FinishedRun:
+    """Read a finished output folder; :class:`ConfigError` (one line) when it is not one."""
+    out = Path(output_dir).expanduser().absolute()
+    report = out / "run_report.json"
+    if not (out / ".annotator").is_dir() or not report.is_file():
+        raise ConfigError(
+            f"{out} is not an annotator output folder (no run_report.json / .annotator ledger): pass the "
+            f"output_dir of a finished 'annotator annotate' run"
+        )
+    try:
+        doc = json.loads(report.read_text(encoding="utf-8"))
+        settings, models = doc["settings"], doc["models"]
+    except (OSError, ValueError, KeyError) as e:
+        raise ConfigError(f"{report} can not be read ({type(e).__name__}: {e}): run the annotate command again") from None
+    data = Path(settings["data"])
+    data_root = data if data.is_dir() or not data.suffix else data.parent
+    return FinishedRun(out, data_root, _names(out), models["det_model"], models["sam_model"], settings)
+
+
+def _names(out: Path) -> dict[int, str]:
+    from annotator.ledger import Ledger
+
+    ledger = Ledger(out)
+    try:
+        raw = ledger.meta("names")
+    finally:
+        ledger.close()
+    names = {int(k): str(v) for k, v in json.loads(raw)["names"].items()} if raw else {}
+    n = max(names) + 1 if names else 0
+    return {i: names.get(i, f"class{i}") for i in range(n)}
