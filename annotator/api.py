@@ -120,6 +120,8 @@ def run(cfg: AnnotateConfig, *, on_result: Callable | None = None, engine_option
             summary.removed = 0 if cfg.keep_deleted else len(plan.deleted)
             summary.elapsed_s = time.perf_counter() - t0
             _write_report(cfg, models, plan, summary)
+            if cfg.exports:
+                summary.exports = _review_exports(cfg)
         finally:
             ledger.close()
     return summary
@@ -156,6 +158,20 @@ def _process(cfg: AnnotateConfig, engine_run, plan, on_result: Callable | None) 
     summary.engine_stats = dict(engine_run.stats)
     _output_paths(cfg, summary, writer)
     return summary
+
+
+def _review_exports(cfg: AnnotateConfig) -> list[Path]:
+    """The review files asked for with ``exports`` (from the ledger, as ``annotator export`` / ``review`` do)."""
+    from annotator.cli_review import export_all
+    from annotator.finished import open_finished
+    from annotator.review.page import write_review_page
+
+    run = open_finished(cfg.output_dir)
+    tools = [t for t in cfg.exports if t != "page"]
+    written = export_all(run, tools, image_root=cfg.review_image_root) if tools else []
+    if "page" in cfg.exports:
+        written.append(write_review_page(run, Path(cfg.output_dir) / "review" / "page"))
+    return written
 
 
 def _summary(cfg: AnnotateConfig, plan) -> RunSummary:

@@ -101,6 +101,9 @@ def _add_annotate_args(p: argparse.ArgumentParser) -> None:
     o.add_argument("--multipart", choices=["join", "largest"], default=S, help="several-part masks in YOLO rows")
     o.add_argument("--simplify-tolerance-px", dest="simplify_tolerance_px", type=float, default=S)
     o.add_argument("--min-area-px", dest="min_area_px", type=float, default=S)
+    o.add_argument("--export", dest="exports", nargs="+", choices=["labelstudio", "cvat", "page"], default=S,
+                   help="also write review files into OUTPUT_DIR/review/ (annotator export / review do it later)")
+    o.add_argument("--review-image-root", dest="review_image_root", default=S, help="Label Studio: URL prefix of the images")
     o.add_argument("--compat", choices=["none", "ultralytics"], default=S, help="ultralytics: polygons exactly as masks.xyn")
     r = p.add_argument_group("run")
     r.add_argument("--engine", choices=["local", "ray"], default=S, help="local (default) or ray")
@@ -135,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "bench", add_help=False, help="images/s of ours vs Ultralytics' auto_annotate on the same images and models"
     )
+    from annotator.cli_review import add_commands
+
+    add_commands(sub)  # export, review, eval
     return parser
 
 
@@ -242,6 +248,8 @@ def _print_summary(s) -> None:
         print(f"  YOLO labels: {s.labels_dir}  (data.yaml: {s.data_yaml})")
     if s.coco_json:
         print(f"  COCO JSON:   {s.coco_json}")
+    for p in s.exports:
+        print(f"  review:      {p}")
     if s.instances_per_class:
         per = ", ".join(f"{k}: {v}" for k, v in sorted(s.instances_per_class.items()))
         print(f"instances per class: {per}")
@@ -268,6 +276,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         ns = parser.parse_args(args)
         if ns.command == "annotate":
             return cmd_annotate(ns)
+        if ns.command in ("export", "review", "eval"):
+            from annotator.cli_review import run_command
+
+            return run_command(ns)
         parser.print_help()
         return EXIT_UNUSABLE
     except (KeyboardInterrupt, Interrupted):  # Ctrl-C before or after a run (imports, model loading)

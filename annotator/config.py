@@ -65,6 +65,15 @@ class AnnotateConfig(BaseModel):
         "join", description="a mask in several parts: join them into one YOLO row as Ultralytics does, or keep the largest"
     )
 
+    exports: list[Literal["labelstudio", "cvat", "page"]] = Field(
+        default_factory=list,
+        description="review files written after the run into output_dir/review/: Label Studio tasks, CVAT "
+        "imports, a static review page (also later: annotator export / review)",
+    )
+    review_image_root: str | None = Field(
+        None, description="Label Studio: URL prefix of the images (default: its local-files storage)"
+    )
+
     # -- polygons ---------------------------------------------------------------------------------------
     simplify_tolerance_px: float = Field(0.75, ge=0.0, description="Douglas-Peucker tolerance in pixels (0: off)")
     min_area_px: float = Field(4.0, ge=0.0, description="drop mask parts smaller than this many pixels")

@@ -33,6 +33,7 @@ class RunSummary:
         unchanged: inputs skipped because the ledger holds a current result for them (incremental runs).
         removed: inputs deleted since the last run whose labels were removed.
         report_json: the ``run_report.json`` written beside the outputs.
+        exports: review files written after the run (``exports`` setting).
         engine_stats: figures the engine measured (local: ``model_busy_s``, ``model_thread_s``, the share of
             the model thread's time spent in model calls).
     """
@@ -60,6 +61,7 @@ class RunSummary:
     removed: int = 0
     report_json: Path | None = None
     engine_stats: dict = field(default_factory=dict)
+    exports: list[Path] = field(default_factory=list)
 
     @property
     def instances(self) -> int:
@@ -87,6 +89,7 @@ class RunSummary:
         for k, v in d.items():
             if isinstance(v, Path):
                 d[k] = str(v)
+        d["exports"] = [str(p) for p in self.exports]
         d["instances"] = self.instances
         d["seconds_per_stage"] = {k: round(v, 4) for k, v in self.seconds_per_stage.items()}
         return d

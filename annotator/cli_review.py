@@ -1,0 +1,122 @@
+"""``annotator export | review | eval``: review files from a finished output folder, without running a model.
+
+::
+
+    annotator export OUT --to labelstudio cvat [--dest DIR] [--image-root URL] [--order lowest|uncertain]
+    annotator review OUT [--dest DIR] [--per-page N] [--overlays]
+    annotator eval OUT --gt GT [--json]
+
+Every export also writes ``review_queue.csv`` (images in review order) beside its files; when ``OUT/eval.json``
+exists (``annotator eval``), the images that disagree most with the hand-labelled subset head the queue.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+EXPORTERS = ("labelstudio", "cvat")
+
+
+def add_commands(sub) -> None:
+    """Add the three sub-commands to ``annotator``'s sub-parsers."""
+    e = sub.add_parser("export", help="review files (Label Studio, CVAT) from a finished output folder")
+    e.add_argument("output_dir", help="the output_dir of a finished 'annotator annotate' run")
+    e.add_argument("--to", nargs="+", choices=EXPORTERS, required=True, help="one or more review tools")
+    e.add_argument("--dest", default=None, help="default: OUTPUT_DIR/review/<tool>")
+    e.add_argument("--image-root", dest="image_root", default=None,
+                   help="Label Studio: URL prefix of the images (default: its local-files storage)")  # fmt: skip
+    e.add_argument("--cvat-style", dest="cvat_style", choices=["coco", "xml", "both"], default="both")
+    e.add_argument("--cvat-images", dest="cvat_images", choices=["none", "copy"], default="none",
+                   help="CVAT: also put the images under DEST/images/ (hard links; for a new task or datumaro)")
+    e.add_argument("--order", choices=["lowest", "uncertain"], default="lowest", help="review priority")
+    r = sub.add_parser("review", help="a static HTML review page (opens from disk) of a finished output folder")
+    r.add_argument("output_dir")
+    r.add_argument("--dest", default=None, help="default: OUTPUT_DIR/review/page")
+    r.add_argument("--per-page", dest="per_page", type=int, default=200)
+    r.add_argument("--overlays", action="store_true", help="also write one overlay PNG per image")
+    v = sub.add_parser("eval", help="COCO mask/box AP of a finished run against a hand-labelled subset")
+    v.add_argument("output_dir")
+    v.add_argument("--gt", required=True, help="COCO .json or a folder of YOLO label .txt files")
+    v.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def run_command(ns: argparse.Namespace) -> int:
+    """Run ``export`` / ``review`` / ``eval``; one-line errors, exit 2."""
+    from annotator.errors import AnnotatorError
+    from annotator.finished import open_finished
+
+    try:
+        run = open_finished(ns.output_dir)
+        if ns.command == "export":
+            return _export(run, ns)
+        if ns.command == "review":
+            return _review(run, ns)
+        return _eval(run, ns)
+    except AnnotatorError as e:
+        print(f"annotator: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        from annotator.errors import describe_os_error
+
+        print(f"annotator: error: {describe_os_error(e)}", file=sys.stderr)
+        return 3
+
+
+def _first(run) -> list[str]:
+    """Images that disagree with the hand-labelled subset (``annotator eval``), worst first."""
+    path = run.output_dir / "eval.json"
+    if not path.is_file():
+        return []
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8")).get("disagreements", [])
+    except ValueError:
+        return []
+    return [r["rel_path"] for r in rows if r.get("f1", 1.0) < 1.0]
+
+
+def export_all(run, tools, *, dest: Path | None = None, image_root: str | None = None, cvat_style: str = "both",
+               cvat_images: str = "none", order: str = "lowest") -> list[Path]:  # fmt: skip
+    """Write the exports of ``tools`` (+ each one's review queue); returns the written paths."""
+    from annotator.review.queue import write_review_queue
+
+    written = []
+    for tool in tools:
+        where = Path(dest) / tool if dest is not None and len(tools) > 1 else Path(dest or run.output_dir / "review" / tool)
+        if tool == "labelstudio":
+            from annotator.review.labelstudio import export_labelstudio
+
+            written += export_labelstudio(run, where, image_root=image_root)
+        else:
+            from annotator.review.cvat import export_cvat
+
+            written += export_cvat(run, where, style=cvat_style, images=cvat_images)
+        written.append(write_review_queue(run, where, order=order, first=_first(run)))
+    return written
+
+
+def _export(run, ns) -> int:
+    kw = dict(image_root=ns.image_root, cvat_style=ns.cvat_style, cvat_images=ns.cvat_images, order=ns.order)
+    for p in export_all(run, ns.to, dest=ns.dest, **kw):
+        print(p)
+    return 0
+
+
+def _review(run, ns) -> int:
+    from annotator.review.page import write_review_page
+
+    dest = Path(ns.dest) if ns.dest else run.output_dir / "review" / "page"
+    print(write_review_page(run, dest, per_page=ns.per_page, overlays=ns.overlays))
+    return 0
+
+
+def _eval(run, ns) -> int:
+    from annotator.evaluate import evaluate
+    from annotator.io_atomic import atomic_write_text
+
+    report = evaluate(run, ns.gt)
+    atomic_write_text(run.output_dir / "eval.json", json.dumps(report.to_dict(), indent=2) + "\n", root=run.output_dir)
+    print(json.dumps(report.to_dict(), indent=2) if ns.json else report.table())
+    return 0
