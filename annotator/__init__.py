@@ -10,17 +10,17 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["auto_annotate", "run", "AnnotateConfig", "RunSummary", "AnnotatorError", "__version__"]
+__all__ = ["auto_annotate", "yolo_bbox2segment", "run", "AnnotateConfig", "RunSummary", "AnnotatorError", "__version__"]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from annotator.api import auto_annotate, run
+    from annotator.api import auto_annotate, run, yolo_bbox2segment
     from annotator.config import AnnotateConfig
     from annotator.errors import AnnotatorError
     from annotator.summary import RunSummary
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("auto_annotate", "run"):
+    if name in ("auto_annotate", "run", "yolo_bbox2segment"):
         from annotator import api
 
         return getattr(api, name)

@@ -76,6 +76,26 @@ def auto_annotate(
     return run(cfg)
 
 
+def yolo_bbox2segment(
+    im_dir: str | Path, save_dir: str | Path | None = None, sam_model: str = "sam_b.pt", device: int | str | None = None,
+    **options: Any,
+) -> RunSummary:  # fmt: skip
+    """Existing box labels -> SAM masks: the drop-in for ``ultralytics.data.converter.yolo_bbox2segment``.
+
+    Same parameters and default output folder (``labels-segment`` beside ``im_dir``), but: rows that are
+    already polygons are kept (per row, where Ultralytics returns without doing anything as soon as one label
+    has segments), sub-folders are mirrored, classes and names carry over (``data.yaml``), and the output is a
+    dataset that trains as is (``labels-segment/labels``, ``images`` links, ``data.yaml``). Labels are read from
+    ``labels/`` beside ``im_dir`` (or ``prompt_labels=``: a YOLO folder or a COCO .json with boxes).
+
+    Example:
+        >>> yolo_bbox2segment("datasets/street/images", sam_model="sam2_b.pt")  # doctest: +SKIP
+    """
+    cfg = make_config(data=im_dir, prompts="boxes", sam_model=sam_model, output_dir=save_dir,
+                      device="" if device is None else str(device), **options)  # fmt: skip
+    return run(cfg)
+
+
 def run(cfg: AnnotateConfig, *, on_result: Callable | None = None, engine_options: dict | None = None) -> RunSummary:
     """Run a validated config.
 
@@ -99,7 +119,7 @@ def run(cfg: AnnotateConfig, *, on_result: Callable | None = None, engine_option
     from pipelines import get_engine
 
     t0 = time.perf_counter()
-    models = resolve_models(cfg.det_model, cfg.sam_model, weights_dir=cfg.weights_dir)
+    models = resolve_models(cfg.det_model, cfg.sam_model, weights_dir=cfg.weights_dir, prompt_labels=cfg.prompt_labels)
     weight_hashes = hash_weights(models, cfg.weights_sha256)
     try:
         scan = scan_sources(cfg.data)
@@ -198,7 +218,11 @@ def _nothing_to_process(cfg: AnnotateConfig, models, plan) -> RunSummary:
     from annotator.output import names_from_ledger, open_writer
 
     names = names_from_ledger(plan)
-    if names is None:  # first run on an empty folder, or a new detector: its names are needed for data.yaml
+    if names is None and cfg.prompts == "boxes":
+        from annotator.prompts import LabelBoxSource
+
+        names = LabelBoxSource(cfg.prompt_labels, cfg.data).names
+    elif names is None:  # first run on an empty folder, or a new detector: its names are needed for data.yaml
         from annotator.models import load_yolo
 
         names = {int(k): str(v) for k, v in load_yolo(models.det_path, trust=cfg.trust_weights).names.items()}

@@ -93,6 +93,10 @@ def _add_annotate_args(p: argparse.ArgumentParser) -> None:
         "--classes", nargs="+", action=_IntsThenData, default=S, help="keep only these class ids, e.g. --classes 0 2"
     )
     d.add_argument("--sam-min-score", dest="sam_min_score", type=float, default=S, help="drop masks with SAM score <= this (0.25)")
+    pr = p.add_argument_group("prompts")
+    pr.add_argument("--prompts", choices=["detector", "boxes"], default=S, help="detector (default) or existing box labels")
+    pr.add_argument("--prompt-labels", dest="prompt_labels", default=S,
+                    help="prompts boxes: YOLO labels folder or COCO .json (default: labels/ beside data)")  # fmt: skip
     o = p.add_argument_group("output")
     o.add_argument("--output-dir", dest="output_dir", default=S, help="default: labels/ beside images/, else <data>_auto_annotate_labels")
     o.add_argument("--format", choices=["yolo", "coco", "both"], default=S, help="default yolo")

@@ -50,6 +50,17 @@ class AnnotateConfig(BaseModel):
     classes: list[int] | None = Field(None, description="keep only these detector class ids")
     output_dir: Path | None = Field(None, description="where labels/ and the COCO JSON go")
 
+    # -- prompt source ----------------------------------------------------------------------------------
+    prompts: Literal["detector", "boxes"] = Field(
+        "detector",
+        description="where SAM's prompts come from: the detector, or existing box labels (polygon rows are kept)",
+    )
+    prompt_labels: Path | None = Field(
+        None,
+        description="prompts 'boxes': a YOLO labels folder mirroring data, or a COCO .json (default: the labels/ "
+        "folder beside data when data is an images/ folder)",
+    )
+
     # -- outputs --------------------------------------------------------------------------------------
     format: Format = Field("yolo", description="yolo (labels/*.txt + data.yaml), coco (one JSON) or both")
     coco_filename: str = Field("annotations.json", description="file name of the COCO JSON in output_dir")
@@ -178,7 +189,11 @@ class AnnotateConfig(BaseModel):
 
     @model_validator(mode="after")
     def _resolve_paths(self) -> AnnotateConfig:
+        if self.prompts == "boxes":
+            self._resolve_prompt_labels()
         out = self.output_dir
+        if out is None and self.prompts == "boxes" and self.data.is_dir() and self.data.name == "images":
+            out = self.data.parent / "labels-segment"  # where Ultralytics' yolo_bbox2segment writes
         if out is None:
             out = default_output_dir(self.data)
         out = Path(os.path.normpath(Path(os.path.expanduser(str(out))).absolute()))
@@ -198,9 +213,27 @@ class AnnotateConfig(BaseModel):
                         f"{sub.name}/: choose another output_dir (the default for a folder named 'images' is the "
                         f"sibling 'labels' folder)"
                     )
+        if self.prompt_labels is not None and self.writes_yolo:
+            labels = self.prompt_labels
+            if labels == self.labels_dir or self.labels_dir in labels.parents or labels in self.labels_dir.parents:
+                raise ValueError(
+                    f"output labels {self.labels_dir} would overwrite the prompt labels {labels}: choose another "
+                    f"output_dir (the default for data 'X/images' is 'X/labels-segment')"
+                )
         wd = self.weights_dir if self.weights_dir is not None else os.environ.get(WEIGHTS_DIR_ENV) or None
         object.__setattr__(self, "weights_dir", Path(wd).expanduser().absolute() if wd else None)
         return self
+
+    def _resolve_prompt_labels(self) -> None:
+        labels = self.prompt_labels
+        if labels is None:
+            if not (self.data.is_dir() and self.data.name == "images"):
+                raise ValueError("prompts 'boxes' needs prompt_labels (a YOLO labels folder or a COCO .json)")
+            labels = self.data.parent / "labels"
+        labels = Path(os.path.normpath(Path(os.path.expanduser(str(labels))).absolute()))
+        if not labels.exists():
+            raise ValueError(f"prompt_labels {labels} does not exist: pass a YOLO labels folder or a COCO .json file")
+        object.__setattr__(self, "prompt_labels", labels)
 
     # -- derived ------------------------------------------------------------------------------------------
     @property
@@ -286,7 +319,7 @@ def _unknown_hint(loc: tuple) -> str:
 
 
 #: settings that are paths: relative values in a config file are taken relative to that file's folder.
-_PATH_SETTINGS = ("data", "output_dir", "weights_dir")
+_PATH_SETTINGS = ("data", "output_dir", "weights_dir", "prompt_labels")
 #: settings that are a weight *name* (downloaded by name) or a path: resolved against the file's folder when
 #: they contain a folder part or name a file that exists there.
 _WEIGHT_SETTINGS = ("det_model", "sam_model")

@@ -168,10 +168,16 @@ class ResolvedModels:
     sam_family: str  # "sam" or "sam2"
 
 
-def resolve_models(det_model: str, sam_model: str, *, weights_dir: Path | None = None) -> ResolvedModels:
-    """Resolve both weight files (and the SAM architecture) or raise a one-line error."""
+def resolve_models(
+    det_model: str, sam_model: str, *, weights_dir: Path | None = None, prompt_labels: Path | None = None
+) -> ResolvedModels:
+    """Resolve both weight files (and the SAM architecture) or raise a one-line error.
+
+    ``prompt_labels`` (``prompts: boxes``): the labels stand where the detector stands (no detector is loaded;
+    their content is hashed in the detector's place, so a changed label re-annotates).
+    """
     sam_name, family = sam_architecture(sam_model)
-    det = resolve_weights(det_model, role="det_model", weights_dir=weights_dir)
+    det = Path(prompt_labels) if prompt_labels is not None else resolve_weights(det_model, role="det_model", weights_dir=weights_dir)
     sam = resolve_weights(sam_model, role="sam_model", weights_dir=weights_dir)
     return ResolvedModels(det, sam, sam_name, family)
 

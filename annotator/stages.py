@@ -71,7 +71,11 @@ class Stages:
         """Load the models named in ``parts`` (``"detector"``, ``"segmenter"``) once; the polygonizer always."""
         compat = cfg.compat == "ultralytics"
         detector = segmenter = None
-        if "detector" in parts:
+        if "detector" in parts and cfg.prompts == "boxes":
+            from annotator.prompts import LabelBoxSource
+
+            detector = LabelBoxSource(cfg.prompt_labels, cfg.data if cfg.data.is_dir() else cfg.data.parent)
+        elif "detector" in parts:
             detector = Detector(
                 models.det_path,
                 conf=cfg.conf,
@@ -96,7 +100,7 @@ class Stages:
             )
         if cfg.torch_threads is not None:  # else the count Ultralytics' select_device picks (see TorchThreads)
             for stage in (detector, segmenter):
-                if stage is not None:
+                if stage is not None and hasattr(stage, "threads"):
                     stage.threads.n = cfg.torch_threads
         on_cpu = str(cfg.device).strip().lower() == "cpu" or not _cuda_available()
         if segmenter is not None and not on_cpu:
@@ -194,17 +198,25 @@ class Stages:
         t0 = time.perf_counter()
         if all(p.detections is not None for p in prepared):
             dets = [p.detections for p in prepared]  # detected by a separate step (Ray split mode)
+            kept = [p.kept for p in prepared]
         else:
-            dets = self.detect(prepared)
+            dets, kept = self._prompts(prepared)
         t1 = time.perf_counter()
         if sam_inputs is None:
             sam_inputs = np.stack([p.sam_input for p in prepared])
         outs = self.segmenter.infer(sam_inputs, hws, dets)
         t2 = time.perf_counter()
         return [
-            InferredImage(p.item, p.image_hw, d, o, seconds={**p.seconds, "detect": (t1 - t0) / n, "segment": (t2 - t1) / n})
-            for p, d, o in zip(prepared, dets, outs)
+            InferredImage(p.item, p.image_hw, d, o, k, seconds={**p.seconds, "detect": (t1 - t0) / n, "segment": (t2 - t1) / n})
+            for p, d, o, k in zip(prepared, dets, outs, kept)
         ]
+
+    def _prompts(self, prepared: Sequence[PreparedImage]) -> tuple[list[Detections], list[tuple]]:
+        """Each image's box prompts, and the polygons kept as they are (``prompts: boxes``; none from a detector)."""
+        if getattr(self.detector, "reads_labels", False):
+            got = [self.detector.for_image(p.item.rel_path, p.image_hw) for p in prepared]
+            return [g.boxes for g in got], [g.kept for g in got]
+        return self.detect(prepared), [()] * len(prepared)
 
     def detect_only(self, inputs: Sequence[PreparedImage | ImageResult]) -> list[PreparedImage | ImageResult]:
         """[model thread] The detector step alone (Ray split mode): prepared images gain their detections and
@@ -223,9 +235,12 @@ class Stages:
 
     def _detected(self, prepared: Sequence[PreparedImage]) -> list[PreparedImage]:
         t0 = time.perf_counter()
-        dets = self.detect(prepared)
+        dets, kept = self._prompts(prepared)
         per = (time.perf_counter() - t0) / len(prepared)
-        return [replace(p, det_input=None, detections=d, seconds={**p.seconds, "detect": per}) for p, d in zip(prepared, dets)]
+        return [
+            replace(p, det_input=None, detections=d, kept=k, seconds={**p.seconds, "detect": per})
+            for p, d, k in zip(prepared, dets, kept)
+        ]
 
     def detect(self, prepared: Sequence[PreparedImage]) -> list[Detections]:
         """Detector calls of exactly ``det_batch`` same-shape images each (the last padded with copies).
@@ -290,12 +305,12 @@ class CpuSteps:
             return x
         t0 = time.perf_counter()
         try:
-            instances = self.finisher(x.sam_output, x.detections, x.image_hw) if x.sam_output is not None else []
+            instances = self.finisher(x.sam_output, x.detections, x.image_hw) if len(x.detections) else []
         except Exception as e:  # noqa: BLE001
             return ImageResult(x.item, ImageStatus.FAILED, x.image_hw, reason=f"masks: {_one_line(e)}")
         t1 = time.perf_counter()
         try:
-            polys = self.polygonizer(instances)
+            polys = [*self.polygonizer(instances), *x.kept]
         except Exception as e:  # noqa: BLE001
             return ImageResult(x.item, ImageStatus.FAILED, x.image_hw, reason=f"polygonize: {_one_line(e)}")
         secs = {**x.seconds, "segment": x.seconds.get("segment", 0.0) + t1 - t0, "polygonize": time.perf_counter() - t1}
@@ -317,6 +332,7 @@ class PreparedImage:
     sam_input: np.ndarray | None
     seconds: dict[str, float] = field(default_factory=dict)
     detections: Detections | None = None  # set by a separate detector step (Ray split mode)
+    kept: tuple = ()  # polygons kept as they are (prompts: boxes), with the detections
 
 
 @dataclass(frozen=True)
@@ -339,6 +355,7 @@ class InferredImage:
     image_hw: tuple[int, int]
     detections: Detections
     sam_output: Any = None  # annotator.segment.SamOutput (host arrays): finish() turns it into instances
+    kept: tuple = ()  # PolygonInstances kept as they are (prompts: boxes: label rows that are polygons already)
     seconds: dict[str, float] = field(default_factory=dict)
 
 

@@ -20,7 +20,7 @@ from annotator.records import SourceItem
 
 _MODEL_KEYS = (
     "conf", "iou", "imgsz", "max_det", "classes", "sam_min_score", "simplify_tolerance_px", "min_area_px",
-    "compat", "half", "max_pixels", "min_side_px", "torch_threads",
+    "compat", "half", "max_pixels", "min_side_px", "torch_threads", "prompts",
 )  # fmt: skip
 _OUTPUT_KEYS = ("format", "save_conf", "multipart", "coco_segmentation", "coco_filename")
 
@@ -98,6 +98,16 @@ def plan_work(cfg: AnnotateConfig, models: ResolvedModels, scan, ledger: Ledger,
     )
 
 
+def labels_digest(folder: Path) -> str:
+    """SHA-256 over a labels tree (``prompts: boxes``: the labels stand where the detector's weights stand)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in sorted(folder.rglob("*.txt")):
+        h.update(f.relative_to(folder).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
 def hash_weights(models: ResolvedModels, pinned: dict[str, str]) -> dict[str, str]:
     """SHA-256 of both weight files; a file pinned in ``pinned`` (by file name or path) must match.
 
@@ -108,7 +118,7 @@ def hash_weights(models: ResolvedModels, pinned: dict[str, str]) -> dict[str, st
 
     out = {}
     for path in (models.det_path, models.sam_path):
-        digest = sha256_file(Path(path))
+        digest = sha256_file(Path(path)) if not Path(path).is_dir() else labels_digest(Path(path))
         out[str(path)] = digest
         want = pinned.get(Path(path).name) or pinned.get(str(path))
         if want is not None and want.lower() != digest:
