@@ -182,7 +182,7 @@ def _process(cfg: AnnotateConfig, engine_run, plan, on_result: Callable | None) 
 
 def _review_exports(cfg: AnnotateConfig) -> list[Path]:
     """The review files asked for with ``exports`` (from the ledger, as ``annotator export`` / ``review`` do)."""
-    from annotator.cli_review import export_all
+    from annotator.review.exports import export_all
     from annotator.finished import open_finished
     from annotator.review.page import write_review_page
 

@@ -17,7 +17,8 @@ import json
 import sys
 from pathlib import Path
 
-EXPORTERS = ("labelstudio", "cvat")
+from annotator.review.exports import EXPORTERS
+
 
 
 def add_commands(sub) -> None:
@@ -65,40 +66,10 @@ def run_command(ns: argparse.Namespace) -> int:
         return 3
 
 
-def _first(run) -> list[str]:
-    """Images that disagree with the hand-labelled subset (``annotator eval``), worst first."""
-    path = run.output_dir / "eval.json"
-    if not path.is_file():
-        return []
-    try:
-        rows = json.loads(path.read_text(encoding="utf-8")).get("disagreements", [])
-    except ValueError:
-        return []
-    return [r["rel_path"] for r in rows if r.get("f1", 1.0) < 1.0]
-
-
-def export_all(run, tools, *, dest: Path | None = None, image_root: str | None = None, cvat_style: str = "both",
-               cvat_images: str = "none", order: str = "lowest") -> list[Path]:  # fmt: skip
-    """Write the exports of ``tools`` (+ each one's review queue); returns the written paths."""
-    from annotator.review.queue import write_review_queue
-
-    written = []
-    for tool in tools:
-        where = Path(dest) / tool if dest is not None and len(tools) > 1 else Path(dest or run.output_dir / "review" / tool)
-        if tool == "labelstudio":
-            from annotator.review.labelstudio import export_labelstudio
-
-            written += export_labelstudio(run, where, image_root=image_root)
-        else:
-            from annotator.review.cvat import export_cvat
-
-            written += export_cvat(run, where, style=cvat_style, images=cvat_images)
-        written.append(write_review_queue(run, where, order=order, first=_first(run)))
-    return written
-
-
 def _export(run, ns) -> int:
     kw = dict(image_root=ns.image_root, cvat_style=ns.cvat_style, cvat_images=ns.cvat_images, order=ns.order)
+    from annotator.review.exports import export_all
+
     for p in export_all(run, ns.to, dest=ns.dest, **kw):
         print(p)
     return 0
@@ -116,7 +87,9 @@ def _eval(run, ns) -> int:
     from annotator.evaluate import evaluate
     from annotator.io_atomic import atomic_write_text
 
+    from annotator.review.exports import EVAL_FILENAME
+
     report = evaluate(run, ns.gt)
-    atomic_write_text(run.output_dir / "eval.json", json.dumps(report.to_dict(), indent=2) + "\n", root=run.output_dir)
+    atomic_write_text(run.output_dir / EVAL_FILENAME, json.dumps(report.to_dict(), indent=2) + "\n", root=run.output_dir)
     print(json.dumps(report.to_dict(), indent=2) if ns.json else report.table())
     return 0

@@ -26,6 +26,7 @@ import numpy as np
 
 from annotator.errors import ConfigError
 from annotator.finished import FinishedImage, FinishedRun
+from annotator.formats.coco import segmentation_area_bbox
 
 #: names of COCOeval's 12 summary numbers, in its order
 STAT_NAMES = ("AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large", "AR1", "AR10", "AR100", "AR_small",
@@ -130,12 +131,9 @@ def _ground_truth(gt_path: Path, ours: dict, names: dict[int, str]) -> tuple[dic
         h, w = ours[rel].image_hw
         images.append({"id": image_id, "file_name": rel, "height": h, "width": w})
         for cat_id, seg in segs(h, w):
-            rle = _to_rle(seg, h, w)
-            from pycocotools import mask as mask_utils
-
-            area = float(mask_utils.area(rle))
+            area, bbox = segmentation_area_bbox(seg, (h, w))
             anns.append({"id": len(anns) + 1, "image_id": image_id, "category_id": cat_id, "segmentation": seg,
-                         "area": area, "bbox": mask_utils.toBbox(rle).tolist(), "iscrowd": 0})  # fmt: skip
+                         "area": float(area), "bbox": bbox, "iscrowd": 0})  # fmt: skip
     cats = [{"id": k + 1, "name": v} for k, v in names.items()]
     return {"images": images, "annotations": anns, "categories": cats}, sorted(unmatched), unknown
 

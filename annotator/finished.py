@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from annotator.errors import ConfigError
-from annotator.records import PolygonInstance
+from annotator.records import ImageStatus, PolygonInstance
 
-_PROCESSED = ("ok", "empty")
+_PROCESSED = (ImageStatus.OK.value, ImageStatus.EMPTY.value)
 
 
 @dataclass(frozen=True)

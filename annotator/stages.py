@@ -30,11 +30,12 @@ from annotator.detect import Detector
 from annotator.models import ResolvedModels
 from annotator.polygons import Polygonizer
 from annotator.records import Detections, DecodedImage, ImageResult, ImageStatus, SourceItem
-from annotator.segment import MaskFinisher, Segmenter
+from annotator.segment import MaskFinisher, Segmenter, letterbox_rgb
 from annotator.image_decode import ImageDecodeError, decode_image_bytes, max_file_bytes, read_image_bytes
 
 
-def _one_line(e: BaseException) -> str:
+def one_line(e: BaseException) -> str:
+    """``Type: first line of the message`` (at most 500 characters): a per-image reason."""
     text = str(e).strip().splitlines()
     return f"{type(e).__name__}: {text[0] if text else ''}"[:500]
 
@@ -48,9 +49,9 @@ def decode_or_error(item: SourceItem, cfg: AnnotateConfig, data: bytes | None = 
     except ImageDecodeError as e:
         return ImageResult(item, e.status, reason=e.reason, seconds={"decode": time.perf_counter() - t0})
     except OSError as e:
-        return ImageResult(item, ImageStatus.DECODE_ERROR, reason=f"unreadable: {_one_line(e)}")
+        return ImageResult(item, ImageStatus.DECODE_ERROR, reason=f"unreadable: {one_line(e)}")
     except Exception as e:  # a decoder bug on one hostile file must not stop the run
-        return ImageResult(item, ImageStatus.FAILED, reason=f"decode: {_one_line(e)}")
+        return ImageResult(item, ImageStatus.FAILED, reason=f"decode: {one_line(e)}")
 
 
 @dataclass
@@ -181,7 +182,7 @@ class Stages:
                     try:
                         done[id(p)] = self._models([p], None)[0]
                     except Exception as e:  # noqa: BLE001
-                        done[id(p)] = ImageResult(p.item, ImageStatus.FAILED, p.image_hw, reason=_one_line(e))
+                        done[id(p)] = ImageResult(p.item, ImageStatus.FAILED, p.image_hw, reason=one_line(e))
         return [done[id(x)] if isinstance(x, PreparedImage) else x for x in batch.inputs]
 
     def finish(self, x: InferredImage | ImageResult) -> ImageResult:
@@ -230,7 +231,7 @@ class Stages:
                 try:
                     done[id(p)] = self._detected([p])[0]
                 except Exception as e:  # noqa: BLE001
-                    done[id(p)] = ImageResult(p.item, ImageStatus.FAILED, p.image_hw, reason=_one_line(e))
+                    done[id(p)] = ImageResult(p.item, ImageStatus.FAILED, p.image_hw, reason=one_line(e))
         return [done[id(x)] if isinstance(x, PreparedImage) else x for x in inputs]
 
     def _detected(self, prepared: Sequence[PreparedImage]) -> list[PreparedImage]:
@@ -289,15 +290,21 @@ class CpuSteps:
         """Letterbox one decoded image for the detector and for SAM (failed inputs pass through)."""
         if isinstance(x, ImageResult):
             return x
-        from annotator.segment import letterbox_rgb
-
         t0 = time.perf_counter()
         try:
             det_in = self.det_input(x.image_bgr) if self.det_input is not None else None
             sam_in = letterbox_rgb(x.image_bgr) if self.finisher is not None else None
         except Exception as e:  # noqa: BLE001 - one image, never its neighbours
-            return ImageResult(x.item, ImageStatus.FAILED, x.image_hw, reason=f"prepare: {_one_line(e)}")
+            return ImageResult(x.item, ImageStatus.FAILED, x.image_hw, reason=f"prepare: {one_line(e)}")
         return PreparedImage(x.item, x.image_hw, det_in, sam_in, {"prepare": time.perf_counter() - t0})
+
+    def load(self, item: SourceItem, cfg: AnnotateConfig) -> PreparedImage | ImageResult:
+        """Read, decode and :meth:`prepare` one input (the decode seconds recorded), or its failure."""
+        t0 = time.perf_counter()
+        decoded = decode_or_error(item, cfg)  # never blocks on a pipe; a bad file becomes its status
+        t1 = time.perf_counter()
+        p = self.prepare(decoded)
+        return p if isinstance(p, ImageResult) else replace(p, seconds={**p.seconds, "decode": t1 - t0})
 
     def finish(self, x: InferredImage | ImageResult) -> ImageResult:
         """SAM's masks upsampled and cropped, then polygons, for one image (failures pass through)."""
@@ -307,12 +314,12 @@ class CpuSteps:
         try:
             instances = self.finisher(x.sam_output, x.detections, x.image_hw) if len(x.detections) else []
         except Exception as e:  # noqa: BLE001
-            return ImageResult(x.item, ImageStatus.FAILED, x.image_hw, reason=f"masks: {_one_line(e)}")
+            return ImageResult(x.item, ImageStatus.FAILED, x.image_hw, reason=f"masks: {one_line(e)}")
         t1 = time.perf_counter()
         try:
             polys = [*self.polygonizer(instances), *x.kept]
         except Exception as e:  # noqa: BLE001
-            return ImageResult(x.item, ImageStatus.FAILED, x.image_hw, reason=f"polygonize: {_one_line(e)}")
+            return ImageResult(x.item, ImageStatus.FAILED, x.image_hw, reason=f"polygonize: {one_line(e)}")
         secs = {**x.seconds, "segment": x.seconds.get("segment", 0.0) + t1 - t0, "polygonize": time.perf_counter() - t1}
         return ImageResult(x.item, ImageStatus.OK if polys else ImageStatus.EMPTY, x.image_hw, tuple(polys), seconds=secs)
 

@@ -26,14 +26,13 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import replace
 
 from annotator.config import AnnotateConfig
 from annotator.engine import EngineRun
 from annotator.models import ResolvedModels
 from annotator.records import ImageResult, SourceItem
 from annotator.segment import usable_cores
-from annotator.stages import Stages, decode_or_error
+from annotator.stages import Stages
 
 _END = object()
 _AHEAD = 2  # model batches prepared ahead of the model thread
@@ -58,16 +57,6 @@ def local_engine(cfg: AnnotateConfig, models: ResolvedModels, plan, *, stages: S
     return EngineRun(names=stages.names, results=_results(cfg, stages, list(plan.items), stats), stats=stats)
 
 
-def _prepare(item: SourceItem, cfg: AnnotateConfig, stages: Stages):
-    t0 = time.perf_counter()
-    decoded = decode_or_error(item, cfg)
-    t1 = time.perf_counter()
-    prepared = stages.prepare(decoded)
-    if isinstance(prepared, ImageResult):
-        return prepared
-    return replace(prepared, seconds={**prepared.seconds, "decode": t1 - t0})
-
-
 def _results(cfg: AnnotateConfig, stages: Stages, items: list[SourceItem], stats: dict) -> Iterator[ImageResult]:
     workers = cfg.workers or usable_cores()
     chunk = getattr(stages.segmenter, "cpu_workers", None) if stages.det_batch == 1 else None
@@ -79,7 +68,7 @@ def _results(cfg: AnnotateConfig, stages: Stages, items: list[SourceItem], stats
     errors: list[BaseException] = []
 
     def submit(batch: Sequence[SourceItem]) -> Future:
-        futures = [cpu.submit(_prepare, it, cfg, stages) for it in batch]
+        futures = [cpu.submit(stages.cpu_steps.load, it, cfg) for it in batch]
         return collate.submit(lambda: [stages.collate(part) for part in _parts([f.result() for f in futures], chunk)])
 
     def model_loop() -> None:

@@ -9,16 +9,14 @@ CPU tasks get :class:`annotator.stages.CpuSteps` (picklable, no model); model ac
 from __future__ import annotations
 
 import pickle
-import time
 from collections.abc import Callable, Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from annotator.config import AnnotateConfig
 from annotator.models import ResolvedModels
 from annotator.records import ImageResult, ImageStatus, SourceItem
-from annotator.stages import CpuSteps, Stages, decode_or_error
+from annotator.stages import CpuSteps, Stages, one_line
 
 StagesFactory = Callable[[AnnotateConfig, ResolvedModels], Stages]
 
@@ -71,11 +69,6 @@ def image_results(t) -> Iterator[tuple[int, ImageResult]]:
         yield int(i), pickle.loads(blob)
 
 
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0] if text else ''}"[:500]
-
-
 # ------------------------------------------------------------------------------------------ CPU tasks
 
 
@@ -83,14 +76,7 @@ def prepare_chunks(t, cfg: AnnotateConfig, steps: CpuSteps):
     """[CPU task] chunk rows -> each input read, decoded and letterboxed for both models (or its failure)."""
     out = []
     for k, idx, items in _chunk_items(t):
-        prepared = []
-        for item in items:
-            t0 = time.perf_counter()
-            decoded = decode_or_error(item, cfg)  # never blocks on a pipe; a bad file becomes its status
-            t1 = time.perf_counter()
-            p = steps.prepare(decoded)
-            prepared.append(p if isinstance(p, ImageResult) else replace(p, seconds={**p.seconds, "decode": t1 - t0}))
-        out.append((k, idx, prepared))
+        out.append((k, idx, [steps.load(item, cfg) for item in items]))
     return _chunk_table(out)
 
 
@@ -101,7 +87,7 @@ def finish_rows(t, steps: CpuSteps):
         try:
             res = steps.finish(x)
         except Exception as e:  # noqa: BLE001 - one image, never its neighbours
-            res = ImageResult(x.item, ImageStatus.FAILED, getattr(x, "image_hw", None), reason=f"finish: {_one_line(e)}")
+            res = ImageResult(x.item, ImageStatus.FAILED, getattr(x, "image_hw", None), reason=f"finish: {one_line(e)}")
         indices.append(i)
         results.append(res)
     return _image_table(indices, results)
@@ -131,7 +117,7 @@ def _isolated(fn: Callable[[list], list], inputs: list) -> list:
             try:
                 out.extend(fn([x]) if not isinstance(x, ImageResult) else [x])
             except Exception as e:  # noqa: BLE001
-                out.append(ImageResult(x.item, ImageStatus.FAILED, x.image_hw, reason=_one_line(e)))
+                out.append(ImageResult(x.item, ImageStatus.FAILED, x.image_hw, reason=one_line(e)))
         return out
 
 

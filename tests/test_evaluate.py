@@ -132,7 +132,7 @@ def test_cli_eval_writes_eval_json_and_puts_disagreements_first_in_the_queue(gt_
     assert doc["images_matched"] == 10 and 0.0 <= doc["segm"]["AP"] <= 1.0
     disagree = [d["rel_path"] for d in doc["disagreements"] if d["f1"] < 1.0]
     assert disagree, "random SAM masks must disagree with the ground truth somewhere"
-    from annotator.cli_review import _first
+    from annotator.review.exports import disagreeing_images as _first
 
     order = [r.rel_path for r in review_order(open_finished(out), first=_first(open_finished(out)))]
     assert order[: len(disagree)] == disagree
