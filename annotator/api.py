@@ -132,10 +132,16 @@ def run(cfg: AnnotateConfig, *, on_result: Callable | None = None, engine_option
         ledger = Ledger(Path(cfg.output_dir))
         try:
             plan = plan_work(cfg, models, scan, ledger, weight_hashes)
+            engine_options = dict(engine_options or {})
+            video_hooks = {k: engine_options.pop(k) for k in _VIDEO_HOOKS if k in engine_options}
+            videos = _label_videos(cfg, models, scan, plan, video_hooks) if scan.videos else None
             if plan.items:
-                summary = _process(cfg, engine(cfg, models, plan, **(engine_options or {})), plan, on_result)
+                summary = _process(cfg, engine(cfg, models, plan, **engine_options), plan, on_result)
             else:
                 summary = _nothing_to_process(cfg, models, plan)
+            if videos is not None:
+                summary.videos = [v.to_dict() for v in videos[0]]
+                summary.videos_unchanged, summary.videos_removed = videos[1].unchanged, len(videos[1].removed)
             summary.unchanged = plan.unchanged
             summary.removed = 0 if cfg.keep_deleted else len(plan.deleted)
             summary.elapsed_s = time.perf_counter() - t0
@@ -145,6 +151,41 @@ def run(cfg: AnnotateConfig, *, on_result: Callable | None = None, engine_option
         finally:
             ledger.close()
     return summary
+
+
+#: ``engine_options`` keys for the video path (tests, benchmarks): a tracker factory ``(cfg, models) -> VideoTracker``
+#: (its ``tracker_name`` attribute goes into the videos' fingerprint) and a frame detector ``(frames) -> Detections``
+_VIDEO_HOOKS = ("video_tracker_factory", "video_detector")
+
+
+def _label_videos(cfg: AnnotateConfig, models, scan, plan, hooks: dict):
+    """Label the due videos (before the images; the writer adds their frames to data.yaml / COCO at its close).
+
+    Returns ``(results, video plan)``. An engine without video support gives each due video status
+    ``unsupported`` with a one-line reason; the images go on.
+    """
+    import shutil
+
+    from annotator.video.jobs import plan_videos
+    from annotator.video.layout import VideoLayout
+    from pipelines import VIDEO_ENGINES
+    from pipelines.local_video import refuse
+
+    factory = hooks.get("video_tracker_factory")
+    tracker_name = "sam2" if factory is None else str(getattr(factory, "tracker_name", "custom"))
+    shutil.rmtree(VideoLayout.of(cfg).staging_root, ignore_errors=True)  # a killed run's half-labelled video
+    vplan = plan_videos(cfg, scan.videos, plan.ledger, plan.model_fp, plan.output_fp, tracker_name)
+    plan.videos = [v.rel_path for v in scan.videos]
+    video_engine = VIDEO_ENGINES.get(cfg.engine)
+    if video_engine is None:
+        from annotator.video.ledger import VideoLedger
+
+        reason = f"the {cfg.engine} engine does not label videos yet: run them with --engine local (images go on)"
+        results = [refuse(VideoLedger(plan.ledger), job, "unsupported", reason) for job in vplan.due]
+    else:
+        results = list(video_engine(cfg, models, vplan.due, plan.ledger, tracker_factory=factory,
+                                    detector=hooks.get("video_detector")))  # fmt: skip
+    return sorted(results, key=lambda r: r.rel_path), vplan
 
 
 def _process(cfg: AnnotateConfig, engine_run, plan, on_result: Callable | None) -> RunSummary:

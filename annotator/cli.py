@@ -118,6 +118,10 @@ def _add_annotate_args(p: argparse.ArgumentParser) -> None:
     r.add_argument("--max-pixels", dest="max_pixels", type=int, default=S)
     r.add_argument("--torch-threads", dest="torch_threads", type=int, default=S, help="CPU threads for the models (all cores)")
     r.add_argument("--max-failures", dest="max_failures", type=int, default=0, help="failed images tolerated before exit 1")
+    v = p.add_argument_group("videos (.mp4 .mov .avi .mkv .webm in data)")
+    v.add_argument("--frame-stride", dest="frame_stride", type=int, default=S, help="label every n-th source frame (default 1)")
+    v.add_argument("--keyframe-interval", dest="keyframe_interval", type=int, default=S,
+                   help="detector on every n-th labelled frame (default 5)")
     j = p.add_argument_group("scheduled jobs")
     j.add_argument("--hash-inputs", dest="hash_inputs", action="store_true", default=S, help="detect changes by content SHA-256")
     j.add_argument("--keep-deleted", dest="keep_deleted", action="store_true", default=S, help="keep labels of deleted inputs")
@@ -267,6 +271,9 @@ def _print_summary(s) -> None:
         print(f"  label collision (no YOLO label written, COCO kept): {p}")
     for r in s.refused:
         print(f"  refused: {r['path']}: {r['reason']}")
+    for v in getattr(s, "videos", []):
+        print(f"  video: {v['rel_path']}: {v['status']}, {v['frames_written']} frames, {v['tracks']} tracks"
+              + (f": {v['reason']}" if v["reason"] else ""))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -127,6 +127,12 @@ class AnnotateConfig(BaseModel):
     ray: RaySettings = Field(default_factory=RaySettings, description="Ray engine settings (engine: ray)")
 
     # -- scheduled jobs -----------------------------------------------------------------------------------
+    frame_stride: int = Field(
+        1, ge=1, description="videos: label every n-th source frame (1: every frame; frame numbers stay the source's)"
+    )
+    keyframe_interval: int = Field(
+        5, ge=1, description="videos: run the detector on every n-th labelled frame (the tracker carries masks between)"
+    )
     hash_inputs: bool = Field(False, description="decide 'modified' by content SHA-256 instead of size + mtime")
     keep_deleted: bool = Field(False, description="keep the labels of inputs that were deleted since the last run")
     weights_sha256: dict[str, str] = Field(

@@ -113,17 +113,18 @@ def instances_to_json(instances: Iterable[PolygonInstance]) -> str:
     """Serialise polygonized instances losslessly (floats as shortest round-trip repr)."""
     out = []
     for i in instances:
-        out.append(
-            {
-                "c": int(i.class_id),
-                "dc": float(i.det_conf),
-                "ss": float(i.sam_score),
-                "p": [np.asarray(p, dtype=np.float64).reshape(-1).tolist() for p in i.polygons_xy_px],
-                "a": int(i.area_px),
-                "b": [float(v) for v in i.bbox_xywh_px],
-                "r": i.rle,
-            }
-        )
+        d = {
+            "c": int(i.class_id),
+            "dc": float(i.det_conf),
+            "ss": float(i.sam_score),
+            "p": [np.asarray(p, dtype=np.float64).reshape(-1).tolist() for p in i.polygons_xy_px],
+            "a": int(i.area_px),
+            "b": [float(v) for v in i.bbox_xywh_px],
+            "r": i.rle,
+        }
+        if i.track_id is not None:  # video frames only: images' rows stay as they were
+            d["t"] = int(i.track_id)
+        out.append(d)
     return json.dumps(out, separators=(",", ":"), allow_nan=False)
 
 
@@ -140,6 +141,7 @@ def instances_from_json(text: str | None) -> tuple[PolygonInstance, ...]:
             area_px=d["a"],
             bbox_xywh_px=tuple(d["b"]),
             rle=d["r"],
+            track_id=d.get("t"),
         )
         for d in json.loads(text)
     )

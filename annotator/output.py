@@ -248,6 +248,7 @@ class DatasetWriter:
         # would be taken relative to its datasets_dir), so the yaml keeps working when the folder moves
         if self.links is None:  # sibling layout: X/images + X/labels
             listing = "".join(f"{(self.cfg.data / it.rel_path).absolute()}\n" for it in labelled)
+            listing += "".join(f"{f.image_path}\n" for f in self._video_frames())  # frames under video_frames/
             atomic_write_text(self.out / LIST_FILENAME, listing, root=self.out)
             text = data_yaml_text(names, train=LIST_FILENAME, val=LIST_FILENAME)
         else:
@@ -292,6 +293,18 @@ class DatasetWriter:
         ) as coco:
             for it, row in done:
                 coco.add_image(it.rel_path, row.image_hw, instances_from_json(row.result_json))
+            for f in self._video_frames():  # then every frame of the finished videos (annotator/video/layout.py)
+                extra = {"video": f.video, "frame_index": f.frame_index}
+                coco.add_image(f.coco_file_name, f.image_hw, f.instances, extra)
+
+    def _video_frames(self):
+        """The written frames of the run's finished videos (none in an image-only run)."""
+        videos = getattr(self.plan, "videos", None)
+        if not videos:
+            return iter(())
+        from annotator.video.outputs import finished_frames
+
+        return finished_frames(self.cfg, self.ledger, videos)
 
     def abort(self) -> None:
         """Nothing to undo: every file written so far is complete and recorded."""

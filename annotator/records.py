@@ -183,6 +183,7 @@ class PolygonInstance:
         area_px: mask area in pixels (not the polygon or box area).
         bbox_xywh_px: tight box of the mask pixels.
         rle: COCO RLE ``{"size": [H, W], "counts": str}`` of the mask, or None when not requested.
+        track_id: the object's id within its video (video frames only; None for images).
     """
 
     class_id: int
@@ -192,6 +193,7 @@ class PolygonInstance:
     area_px: int
     bbox_xywh_px: tuple[float, float, float, float]
     rle: dict | None = None
+    track_id: int | None = None
 
 
 @dataclass(frozen=True)

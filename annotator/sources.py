@@ -8,8 +8,10 @@ Finding (:func:`scan_sources`):
   scans of the same tree give the same order and ``a.jpg`` and ``sub/a.jpg`` stay distinct.
 * Files and folders must stay inside the root: a symlink that resolves outside it is refused with a reason,
   a folder reached twice (symlink loop, second link to the same folder) is scanned once.
-* Suffixes are matched case-insensitively against :data:`IMAGE_SUFFIXES`; other files are ignored silently,
-  as are our own writers' temp files (``.<name>.tmp``).
+* Suffixes are matched case-insensitively against :data:`IMAGE_SUFFIXES`; video files
+  (:data:`annotator.video.decode.VIDEO_SUFFIXES`) go to ``ScanResult.videos`` (labelled by
+  :mod:`annotator.video`); other files are ignored silently, as are our own writers' temp files
+  (``.<name>.tmp``).
 
 Reading and decoding one input live in :mod:`annotator.image_decode` (re-exported here).
 
@@ -45,6 +47,7 @@ from annotator.image_decode import (  # noqa: F401 - re-exported: the input side
     read_image_bytes,
 )
 from annotator.records import SourceItem
+from annotator.video.decode import is_video_path
 
 
 LIST_SUFFIX = ".txt"
@@ -58,11 +61,14 @@ class ScanResult:
         root: the root as given (folder, image file or ``.txt`` list), made absolute.
         items: images, sorted by ``rel_path``.
         refused: ``(rel_path, reason)`` for entries that were found but will not be read, sorted by rel_path.
+        videos: video files (:data:`annotator.video.decode.VIDEO_SUFFIXES`), sorted by ``rel_path``; labelled
+            frame by frame by :mod:`annotator.video` (empty for an image-only tree).
     """
 
     root: Path
     items: list[SourceItem] = field(default_factory=list)
     refused: list[tuple[str, str]] = field(default_factory=list)
+    videos: list[SourceItem] = field(default_factory=list)
 
 
 
@@ -92,6 +98,7 @@ class _Walker:
         self.base_real = base.resolve()
         self.items: dict[str, SourceItem] = {}
         self.refused: dict[str, str] = {}
+        self.videos: dict[str, SourceItem] = {}
         self.seen_dirs: dict[tuple[int, int], str] = {}
 
     def rel(self, path: Path) -> str:
@@ -117,6 +124,8 @@ class _Walker:
             self.refused[rel] = _special_file_reason(real)
         elif is_image_path(path.name):
             self.items.setdefault(rel, SourceItem(path=path, rel_path=rel))
+        elif is_video_path(path.name):
+            self.videos.setdefault(rel, SourceItem(path=path, rel_path=rel))
         else:
             self.refused[rel] = f"not an image suffix (looked for {_looked_for()})"
 
@@ -150,8 +159,8 @@ class _Walker:
             except OSError as exc:
                 self.refused[rel] = f"cannot stat ({type(exc).__name__}: {exc})"
                 continue
-            if not is_dir and not is_image_path(entry.name):
-                continue  # non-image files are ignored silently (links to them too)
+            if not is_dir and not is_image_path(entry.name) and not is_video_path(entry.name):
+                continue  # non-image, non-video files are ignored silently (links to them too)
             if is_link:
                 try:
                     real = path.resolve(strict=True)
@@ -163,6 +172,8 @@ class _Walker:
                     continue
             if is_dir:
                 self.walk_dir(path, rel)
+            elif is_file and is_video_path(entry.name):
+                self.videos[rel] = SourceItem(path=path, rel_path=rel)
             elif is_file:
                 self.items[rel] = SourceItem(path=path, rel_path=rel)
             else:
@@ -171,7 +182,8 @@ class _Walker:
     def result(self, root: Path) -> ScanResult:
         items = [self.items[k] for k in sorted(self.items)]
         refused = sorted(self.refused.items())
-        return ScanResult(root=root, items=items, refused=refused)
+        videos = [self.videos[k] for k in sorted(self.videos)]
+        return ScanResult(root=root, items=items, refused=refused, videos=videos)
 
 
 def _special_file_reason(path: Path) -> str:
@@ -220,6 +232,9 @@ def scan_sources(root: Path | str) -> ScanResult:
     elif is_image_path(root.name):
         walker = _Walker(root.parent)
         walker.items[root.name] = SourceItem(path=root, rel_path=root.name)
+    elif is_video_path(root.name):
+        walker = _Walker(root.parent)
+        walker.videos[root.name] = SourceItem(path=root, rel_path=root.name)
     elif root.suffix.lower() == LIST_SUFFIX:
         walker = _Walker(root.parent)
         for line in _read_list_file(root):
@@ -231,7 +246,7 @@ def scan_sources(root: Path | str) -> ScanResult:
             f"input {root} is not a folder, an image ({_looked_for()}) or a .txt list of image paths"
         )
     result = walker.result(root)
-    if not result.items:
+    if not result.items and not result.videos:
         detail = ""
         if result.refused:
             first = "; ".join(f"{p}: {r}" for p, r in result.refused[:3])

@@ -34,6 +34,9 @@ class RunSummary:
         removed: inputs deleted since the last run whose labels were removed.
         report_json: the ``run_report.json`` written beside the outputs.
         exports: review files written after the run (``exports`` setting).
+        videos: one ``{"rel_path", "status", "reason", "frames_read", "frames_written", "tracks", "instances",
+            "seconds"}`` per video labelled (or refused) by this run; ``videos_unchanged``: finished videos
+            skipped; ``videos_removed``: videos deleted since the last run whose outputs were removed.
         engine_stats: figures the engine measured (local: ``model_busy_s``, ``model_thread_s``, the share of
             the model thread's time spent in model calls).
     """
@@ -62,6 +65,9 @@ class RunSummary:
     report_json: Path | None = None
     engine_stats: dict = field(default_factory=dict)
     exports: list[Path] = field(default_factory=list)
+    videos: list[dict] = field(default_factory=list)
+    videos_unchanged: int = 0
+    videos_removed: int = 0
 
     @property
     def instances(self) -> int:
@@ -98,10 +104,15 @@ class RunSummary:
         """The last line a scheduler's log shows: counts and throughput."""
         extra = f", {self.unchanged} unchanged" if self.unchanged else ""
         extra += f", {self.removed} removed" if self.removed else ""
-        return (
+        line = (
             f"{self.images_seen} images: {self.annotated} annotated, {self.empty} empty, {self.failed} failed"
             f"{extra}; {self.instances} instances; {self.images_per_s:.2f} images/s"
         )
+        if self.videos or self.videos_unchanged:
+            bad = sum(v["status"] not in ("ok", "empty") for v in self.videos)
+            frames = sum(v["frames_written"] for v in self.videos)
+            line += f"; {len(self.videos)} videos ({frames} frames, {bad} not ok), {self.videos_unchanged} unchanged"
+        return line
 
     def __str__(self) -> str:  # pragma: no cover - presentation
         return self.one_line()

@@ -61,6 +61,7 @@ class WorkPlan:
         deleted: rel_paths in the ledger whose file is gone.
         stats: ``rel_path -> FileStat`` of current inputs (None if it vanished while scanning).
         ledger, model_fp, output_fp: see module docstring.
+        videos: rel_paths of the current videos; their finished frames join data.yaml's list and the COCO JSON.
     """
 
     items: list[SourceItem]
@@ -74,6 +75,7 @@ class WorkPlan:
     output_fp: str
     weight_hashes: dict[str, str] = field(default_factory=dict)
     det_sha256: str = ""
+    videos: list[str] = field(default_factory=list)  # current videos' rel_paths (annotator/video), in order
 
 
 def plan_work(cfg: AnnotateConfig, models: ResolvedModels, scan, ledger: Ledger, weight_hashes: dict[str, str]) -> WorkPlan:

@@ -14,10 +14,15 @@ from __future__ import annotations
 from annotator.engine import Engine
 from annotator.errors import ConfigError
 from pipelines.local import local_engine
+from pipelines.local_video import local_video_engine
+from pipelines.ray_video import ray_video_engine  # Ray itself is imported only when it runs
 from pipelines.ray_images import ray_engine  # Ray itself is imported only when the engine runs
 
 #: engine name (the ``engine`` setting) -> engine
 ENGINES: dict[str, Engine] = {"local": local_engine, "ray": ray_engine}
+
+#: engine name -> video engine (one video = one unit of work); an engine missing here refuses videos
+VIDEO_ENGINES = {"local": local_video_engine, "ray": ray_video_engine}
 
 
 def get_engine(name: str) -> Engine:

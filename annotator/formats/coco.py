@@ -235,6 +235,8 @@ def instances_to_coco_annotations(
                 "sam_score": float(inst.sam_score),
             }
         )
+        if inst.track_id is not None:  # video frames: the object's id within its video
+            anns[-1]["track_id"] = int(inst.track_id)
         next_id += 1
     return anns
 
@@ -305,14 +307,25 @@ class CocoJsonWriter:
     def _dumps(obj: Mapping) -> str:
         return json.dumps(obj, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 
-    def add_image(self, file_name: str, image_hw: tuple[int, int], instances: Sequence[PolygonInstance]) -> int:
-        """Record one image and its instances (none is fine: the image is still listed). Returns its image id."""
+    def add_image(
+        self,
+        file_name: str,
+        image_hw: tuple[int, int],
+        instances: Sequence[PolygonInstance],
+        image_fields: Mapping | None = None,
+    ) -> int:
+        """Record one image and its instances (none is fine: the image is still listed). Returns its image id.
+
+        ``image_fields`` are extra keys of the image entry (video frames: ``{"video": ..., "frame_index": ...}``).
+        """
         if self._closed:
             raise RuntimeError(f"CocoJsonWriter for {self.path} is closed; open a new writer")
         if file_name in self._file_names:
             raise ValueError(f"image {file_name!r} was already added to {self.path}; file names must be unique")
         image_id = self.num_images + 1
         entry = coco_image_entry(image_id, file_name, image_hw)
+        if image_fields:
+            entry.update(image_fields)
         anns = instances_to_coco_annotations(
             instances,
             image_id=image_id,
