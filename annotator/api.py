@@ -119,7 +119,8 @@ def run(cfg: AnnotateConfig, *, on_result: Callable | None = None, engine_option
     from pipelines import get_engine
 
     t0 = time.perf_counter()
-    models = resolve_models(cfg.det_model, cfg.sam_model, weights_dir=cfg.weights_dir, prompt_labels=cfg.prompt_labels)
+    prompt_file = cfg.prompt_points if cfg.prompts == "points" else cfg.prompt_labels  # hashed as the detector
+    models = resolve_models(cfg.det_model, cfg.sam_model, weights_dir=cfg.weights_dir, prompt_labels=prompt_file)
     weight_hashes = hash_weights(models, cfg.weights_sha256)
     try:
         scan = scan_sources(cfg.data)
@@ -263,6 +264,10 @@ def _nothing_to_process(cfg: AnnotateConfig, models, plan) -> RunSummary:
         from annotator.prompts import LabelBoxSource
 
         names = LabelBoxSource(cfg.prompt_labels, cfg.data).names
+    elif names is None and cfg.prompts == "points":
+        from annotator.prompt_points import load_points_file
+
+        names = load_points_file(cfg.prompt_points)[0]
     elif names is None:  # first run on an empty folder, or a new detector: its names are needed for data.yaml
         from annotator.models import load_yolo
 

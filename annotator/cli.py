@@ -94,9 +94,14 @@ def _add_annotate_args(p: argparse.ArgumentParser) -> None:
     )
     d.add_argument("--sam-min-score", dest="sam_min_score", type=float, default=S, help="drop masks with SAM score <= this (0.25)")
     pr = p.add_argument_group("prompts")
-    pr.add_argument("--prompts", choices=["detector", "boxes"], default=S, help="detector (default) or existing box labels")
+    pr.add_argument("--prompts", choices=["detector", "boxes", "points"], default=S,
+                    help="detector (default), existing box labels, or a file of point prompts")  # fmt: skip
     pr.add_argument("--prompt-labels", dest="prompt_labels", default=S,
                     help="prompts boxes: YOLO labels folder or COCO .json (default: labels/ beside data)")  # fmt: skip
+    pr.add_argument("--prompt-points", dest="prompt_points", default=S,
+                    help="prompts points: JSON file of points per image and object (README 'Prompt sources')")  # fmt: skip
+    pr.add_argument("--detector-masks", dest="detector_masks", choices=["ignore", "prompt", "keep_better"], default=S,
+                    help="a -seg detector's masks: ignore (default), SAM mask prompt, or keep_better")  # fmt: skip
     o = p.add_argument_group("output")
     o.add_argument("--output-dir", dest="output_dir", default=S, help="default: labels/ beside images/, else <data>_auto_annotate_labels")
     o.add_argument("--format", choices=["yolo", "coco", "both"], default=S, help="default yolo")

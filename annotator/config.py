@@ -51,14 +51,25 @@ class AnnotateConfig(BaseModel):
     output_dir: Path | None = Field(None, description="where labels/ and the COCO JSON go")
 
     # -- prompt source ----------------------------------------------------------------------------------
-    prompts: Literal["detector", "boxes"] = Field(
+    prompts: Literal["detector", "boxes", "points"] = Field(
         "detector",
-        description="where SAM's prompts come from: the detector, or existing box labels (polygon rows are kept)",
+        description="where SAM's prompts come from: the detector, existing box labels (polygon rows are kept), or "
+        "a file of points per object (prompt_points)",
     )
     prompt_labels: Path | None = Field(
         None,
         description="prompts 'boxes': a YOLO labels folder mirroring data, or a COCO .json (default: the labels/ "
         "folder beside data when data is an images/ folder)",
+    )
+    prompt_points: Path | None = Field(
+        None,
+        description="prompts 'points': a JSON file of point prompts per image and object (format: "
+        "annotator/prompt_points.py, README 'Prompt sources')",
+    )
+    detector_masks: Literal["ignore", "prompt", "keep_better"] = Field(
+        "ignore",
+        description="a -seg detector's masks: ignore them (boxes only), give each to SAM as a mask prompt with its "
+        "box, or keep the detector's mask where SAM's score is below the detector's confidence",
     )
 
     # -- outputs --------------------------------------------------------------------------------------
@@ -197,6 +208,15 @@ class AnnotateConfig(BaseModel):
     def _resolve_paths(self) -> AnnotateConfig:
         if self.prompts == "boxes":
             self._resolve_prompt_labels()
+        if self.prompts == "points":
+            if self.prompt_points is None:
+                raise ValueError("prompts 'points' needs prompt_points (a JSON file of points per image)")
+            pts = Path(os.path.normpath(Path(os.path.expanduser(str(self.prompt_points))).absolute()))
+            if not pts.is_file():
+                raise ValueError(f"prompt_points {pts} is not a file: pass the JSON file of point prompts")
+            object.__setattr__(self, "prompt_points", pts)
+        if self.detector_masks != "ignore" and self.prompts != "detector":
+            raise ValueError(f"detector_masks {self.detector_masks!r} needs prompts 'detector' (a -seg detector)")
         out = self.output_dir
         if out is None and self.prompts == "boxes" and self.data.is_dir() and self.data.name == "images":
             out = self.data.parent / "labels-segment"  # where Ultralytics' yolo_bbox2segment writes
@@ -325,7 +345,7 @@ def _unknown_hint(loc: tuple) -> str:
 
 
 #: settings that are paths: relative values in a config file are taken relative to that file's folder.
-_PATH_SETTINGS = ("data", "output_dir", "weights_dir", "prompt_labels")
+_PATH_SETTINGS = ("data", "output_dir", "weights_dir", "prompt_labels", "prompt_points")
 #: settings that are a weight *name* (downloaded by name) or a path: resolved against the file's folder when
 #: they contain a folder part or name a file that exists there.
 _WEIGHT_SETTINGS = ("det_model", "sam_model")

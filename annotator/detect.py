@@ -85,6 +85,8 @@ class Detector:
         conf, iou, imgsz, max_det, classes: as in Ultralytics ``predict``.
         device: ``""`` (auto), ``"cpu"``, ``"0"``, ``"cuda:1"``...
         half: fp16 inference on CUDA (ignored on CPU).
+        with_masks: a ``-seg`` model's masks go with the boxes (``Detections.det_masks``, see
+            :mod:`annotator.detector_masks`); refused with a one-line ConfigError for a plain detector.
 
     Example:
         >>> det = Detector(Path("yolo11n.pt"))  # doctest: +SKIP
@@ -104,9 +106,18 @@ class Detector:
         device: str = "",
         half: bool = False,
         trust: bool = False,
+        with_masks: bool = False,
     ) -> None:
         self.threads = TorchThreads(device)
         self.model = load_yolo(weights, trust=trust)
+        self.with_masks = with_masks
+        if with_masks and getattr(self.model, "task", None) != "segment":
+            from annotator.errors import ConfigError
+
+            raise ConfigError(
+                f"detector_masks needs a segmentation detector (a -seg model), but {Path(weights).name} is a "
+                f"{getattr(self.model, 'task', '?')} model: use e.g. yolo11n-seg.pt or set detector_masks: ignore"
+            )
         self.names: dict[int, str] = {int(k): str(v) for k, v in self.model.names.items()}
         self._kwargs = dict(
             conf=conf,
@@ -184,13 +195,19 @@ class Detector:
             predictor.batch = ([""] * len(shells), shells, [""] * len(shells))
             results = predictor.postprocess(preds, im, shells)
         out = []
-        for r in results:
+        for r, hw in zip(results, image_hws):
             b = r.boxes
+            masks = None
+            if self.with_masks:
+                from annotator.detector_masks import masks_from_results
+
+                masks = masks_from_results(r, (int(hw[0]), int(hw[1])))
             out.append(
                 Detections(
                     xyxy_px=b.xyxy.float().cpu().numpy().astype(np.float32).reshape(-1, 4),
                     class_ids=b.cls.int().cpu().numpy().astype(np.int64).reshape(-1),
                     det_conf=b.conf.float().cpu().numpy().astype(np.float32).reshape(-1),
+                    det_masks=masks,
                 )
             )
         return out

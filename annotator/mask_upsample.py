@@ -129,30 +129,51 @@ class MaskFinisher:
     dropped mask never shifts the others. ``mask_upsample``: ``"crop"`` (window upsampling) or ``"full"``
     (Ultralytics' exact ``scale_masks``, compat mode); see :mod:`annotator.mask_upsample`. ``threshold``: the
     model's ``mask_threshold`` (0.0 for every SAM / SAM 2). Picklable: Ray's CPU tasks run it without the model.
+
+    An object whose box was not a prompt (a point-only object, ``Detections.box_is_prompt`` False) gets the
+    tight box of its mask as ``box_xyxy_px`` (nothing here crops by the prompt box: the upsampling window comes
+    from the logits). ``keep_detector_masks`` (``detector_masks: keep_better``): where the detections carry the
+    detector's masks, the rule of :func:`annotator.detector_masks.keeps_detector_mask` picks the detector's mask
+    over SAM's.
     """
 
     min_score: float
     mask_upsample: str = "crop"
     threshold: float = 0.0
+    keep_detector_masks: bool = False
 
     def __call__(self, out, det: Detections, image_hw: tuple[int, int]) -> list[Instance]:
         if len(out) != len(det):
             raise ValueError(f"SamOutput has {len(out)} masks but the detections {len(det)} boxes")
-        keep = np.flatnonzero(np.asarray(out.scores) > self.min_score)
+        scores = np.asarray(out.scores)
+        keep_det = self.keep_detector_masks and det.det_masks is not None
+        keep = np.flatnonzero(scores > self.min_score) if not keep_det else np.arange(len(det))
         if keep.size == 0:
             return []
         logits = out.logits_lowres[keep]
         up = upsample_full if self.mask_upsample == "full" else upsample_crops
+        box_used = det.boxes_used()
         instances = []
         for k, crop in zip(keep.tolist(), up(logits, image_hw, self.threshold)):
+            if keep_det:
+                from annotator.detector_masks import keeps_detector_mask
+
+                if keeps_detector_mask(float(scores[k]), float(det.det_conf[k]), crop.area_px == 0, det.det_masks[k]):
+                    crop = det.det_masks[k]
+                elif scores[k] <= self.min_score:
+                    continue
             if crop.area_px == 0:
                 continue  # an empty mask has no polygon; its detection is dropped, nothing else moves
+            box = det.xyxy_px[k].copy()
+            if not box_used[k]:
+                x, y, w, h = crop.bbox_xywh_px
+                box = np.array([x, y, x + w, y + h], np.float32)
             instances.append(
                 Instance(
                     class_id=int(det.class_ids[k]),
                     det_conf=float(det.det_conf[k]),
-                    box_xyxy_px=det.xyxy_px[k].copy(),
-                    sam_score=float(out.scores[k]),
+                    box_xyxy_px=box,
+                    sam_score=float(scores[k]),
                     mask=crop,
                     det_index=k,
                 )

@@ -75,11 +75,30 @@ class Detections:
         xyxy_px: ``(N, 4)`` float32 boxes in pixels of the original image.
         class_ids: ``(N,)`` int64 detector class ids.
         det_conf: ``(N,)`` float32 detector confidences in ``[0, 1]``.
+
+    Optional per-object prompts beyond the box (None: box prompts only, the detector's case):
+
+        points_xy_px: ``(N, K, 2)`` float32 point prompts in pixels of the original (upright) image; rows
+            shorter than ``K`` are padded (label -1).
+        point_labels: ``(N, K)`` int32: 1 a point on the object, 0 a point off it, -1 padding (not a point).
+        box_is_prompt: ``(N,)`` bool: False where ``xyxy_px`` is *not* a prompt (a point-only object: its
+            ``xyxy_px`` is the box of its points, replaced by the mask's box once segmented).
+        det_masks: the detector's own masks (a ``-seg`` detector), one :class:`MaskCrop` per object, or None.
+
+    Example:
+        >>> d = Detections(np.array([[0, 0, 9, 9]], np.float32), np.array([2]), np.ones(1, np.float32),
+        ...                points_xy_px=np.array([[[4, 4], [0, 0]]], np.float32), point_labels=np.array([[1, -1]]))
+        >>> len(d), d.points_xy_px.shape
+        (1, (1, 2, 2))
     """
 
     xyxy_px: np.ndarray
     class_ids: np.ndarray
     det_conf: np.ndarray
+    points_xy_px: np.ndarray | None = None
+    point_labels: np.ndarray | None = None
+    box_is_prompt: np.ndarray | None = None
+    det_masks: tuple[MaskCrop, ...] | None = None
 
     def __post_init__(self) -> None:
         n = len(self.class_ids)
@@ -88,6 +107,29 @@ class Detections:
                 f"Detections arrays disagree: xyxy_px {self.xyxy_px.shape}, class_ids {self.class_ids.shape}, "
                 f"det_conf {self.det_conf.shape}; expected (N, 4), (N,), (N,)"
             )
+        if (self.points_xy_px is None) != (self.point_labels is None):
+            raise ValueError("Detections: points_xy_px and point_labels go together (both or neither)")
+        if self.points_xy_px is not None:
+            k = self.point_labels.shape[1] if self.point_labels.ndim == 2 else -1
+            if self.points_xy_px.shape != (n, k, 2) or self.point_labels.shape != (n, k):
+                raise ValueError(
+                    f"Detections points disagree: points_xy_px {self.points_xy_px.shape}, point_labels "
+                    f"{self.point_labels.shape}; expected (N, K, 2), (N, K) with N = {n}"
+                )
+        if self.box_is_prompt is not None and self.box_is_prompt.shape != (n,):
+            raise ValueError(f"Detections: box_is_prompt has shape {self.box_is_prompt.shape}, expected ({n},)")
+        if self.det_masks is not None and len(self.det_masks) != n:
+            raise ValueError(f"Detections: {len(self.det_masks)} det_masks for {n} objects")
+
+    def n_points(self) -> np.ndarray:
+        """``(N,)`` int: real (non-padding) points of each object (zeros without point prompts)."""
+        if self.point_labels is None:
+            return np.zeros(len(self), np.int64)
+        return (self.point_labels >= 0).sum(axis=1).astype(np.int64)
+
+    def boxes_used(self) -> np.ndarray:
+        """``(N,)`` bool: whether each object's box is a prompt."""
+        return np.ones(len(self), bool) if self.box_is_prompt is None else self.box_is_prompt.astype(bool)
 
     def __len__(self) -> int:
         return len(self.class_ids)

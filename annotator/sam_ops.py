@@ -153,3 +153,64 @@ def decode_one_image(model, family: str, feats: list, j: int, boxes_1024, *, ref
         high_res_features=[f[j : j + 1] for f in feats[1:]],
     )
     return masks.flatten(0, 1), scores.flatten(0, 1)
+
+
+def embed_prompts(model, family: str, boxes_1024, box_used: bool, points_1024, point_labels, masks_256):
+    """Prompt embedding of ``n`` objects that share one layout: a box or not, ``k`` points each, a mask or not.
+
+    Ultralytics' own encoding (``Predictor._prepare_prompts``): SAM 2 takes the box as two labelled corner
+    points (2, 3) in front of the clicks and one ``points`` input; SAM / MobileSAM take ``points`` and ``boxes``
+    apart. A mask prompt is SAM's ``mask_input``.
+
+    Args:
+        boxes_1024: ``(n, 4)`` xyxy in the 1024 px input frame (ignored unless ``box_used``).
+        points_1024: ``(n, k, 2)`` float32 clicks in the input frame, or None (``k = 0``).
+        point_labels: ``(n, k)`` int32, 1 on the object, 0 off it; or None.
+        masks_256: ``(n, 1, 256, 256)`` float32 mask prompts in the letterboxed low-res frame, or None.
+
+    Returns:
+        ``sparse (n, T, C)`` and ``dense (n, C, 64, 64)``.
+    """
+    import torch
+
+    if family == "sam":
+        pts = (points_1024, point_labels) if points_1024 is not None else None
+        return model.prompt_encoder(points=pts, boxes=boxes_1024 if box_used else None, masks=masks_256)
+    pts, lab = points_1024, point_labels
+    if box_used:
+        corners = boxes_1024.reshape(-1, 2, 2)
+        corner_labels = torch.tensor([[2, 3]], dtype=torch.int32, device=corners.device).expand(corners.shape[0], -1)
+        pts = corners if pts is None else torch.cat([corners, pts], dim=1)
+        lab = corner_labels if lab is None else torch.cat([corner_labels, lab], dim=1)
+    return model.sam_prompt_encoder(points=(pts, lab), boxes=None, masks=masks_256)
+
+
+def decode_embedded(model, family: str, feats: list, sparse, dense, *, img_idx=None, j: int | None = None):
+    """The mask decoder on embedded prompts: with image ``j``'s features broadcast (Ultralytics' per-image call),
+    or each prompt with its own image's features gathered by ``img_idx`` (SAM 2's batched call).
+    Returns ``(n, 256, 256)`` logits and ``(n,)`` scores."""
+    if family == "sam":
+        masks, scores = model.mask_decoder(
+            image_embeddings=feats[0][j : j + 1],
+            image_pe=model.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=False,
+        )
+        return masks.flatten(0, 1), scores.flatten(0, 1)
+    if j is not None:
+        embed, high = feats[0][j : j + 1], [f[j : j + 1] for f in feats[1:]]
+        repeat = sparse.shape[0] > 1
+    else:
+        embed, *high = (f.index_select(0, img_idx) for f in feats)
+        repeat = False
+    masks, scores, _, _ = model.sam_mask_decoder(
+        image_embeddings=embed,
+        image_pe=model.sam_prompt_encoder.get_dense_pe(),
+        sparse_prompt_embeddings=sparse,
+        dense_prompt_embeddings=dense,
+        multimask_output=False,
+        repeat_image=repeat,
+        high_res_features=high,
+    )
+    return masks.flatten(0, 1), scores.flatten(0, 1)

@@ -14,6 +14,11 @@ Three steps, so that an engine can run them on different threads (``__call__`` c
    and build each :class:`Instance` from *its own* detection (class id, detector confidence, box): a dropped
    mask never shifts the others' classes.
 
+Prompts beyond the box (``Detections.points_xy_px`` / ``point_labels`` from ``prompts: points``, the detector's
+masks with ``detector_masks: prompt``) take :meth:`Segmenter._decode_groups`: per image, the objects that share
+a layout are embedded by SAM's own prompt encoder and decoded together (as Ultralytics' ``SAM(points=...,
+labels=..., bboxes=...)``); box-only batches keep the fast path below.
+
 ``mask_upsample="full"`` (``compat="ultralytics"``) keeps Ultralytics' exact results: its whole-image
 ``scale_masks``, and the decoder run per image as Ultralytics runs it (the batched decoder differs in the last
 float bits, ~1e-6, which could move a pixel on the threshold).
@@ -141,6 +146,7 @@ class Segmenter:
         # CPU: small decoder calls are faster (cache): 20 boxes took 1.9 s in calls of 2, 2.4 s of 5, 3.8 s of 20
         self.max_decoder_boxes = 256 if self._cuda else 4
         self.batch_decoder = mask_upsample != "full"
+        self.mask_prompts = False  # detector_masks "prompt": the detections' det_masks go to SAM as mask_input
         self.finisher = MaskFinisher(self.min_score, mask_upsample, self._mask_threshold)
         self._pool = None
 
@@ -172,13 +178,14 @@ class Segmenter:
         self.threads.apply()
         with torch.inference_mode():
             boxes, img_idx = self._boxes(image_hws, detections, todo)  # uploads queued before the encoder
+            extra = self._extra_prompts(image_hws, detections, todo)
             workers = min(self.cpu_workers, len(todo)) if self.device.type == "cpu" and not self._compiled else 1
             if workers > 1:
-                logits, scores = self._per_image_on_cpu_workers(prepared, todo, boxes, counts, workers)
+                logits, scores = self._per_image_on_cpu_workers(prepared, todo, boxes, counts, workers, extra)
             else:
                 feats = self._encode_images(prepared, todo)
                 with self._autocast():
-                    logits, scores = self._decode(feats, boxes, img_idx, [counts[i] for i in todo])
+                    logits, scores = self._decode(feats, boxes, img_idx, [counts[i] for i in todo], extra)
             n = logits.shape[0]
             host = torch.cat([scores.reshape(n, 1).float(), logits.reshape(n, -1).float()], 1).cpu().numpy()
         lg_all = host[:, 1:].reshape(n, LOWRES_PX, LOWRES_PX)
@@ -293,7 +300,7 @@ class Segmenter:
         chunks = [x[k : k + eb] for k in range(0, x.shape[0], eb)]
         return sam_ops.cat_feats([self._encode_chunk(c, eb if self._cuda else 0) for c in chunks])
 
-    def _per_image_on_cpu_workers(self, prepared, todo: list[int], boxes, counts: list[int], workers: int):
+    def _per_image_on_cpu_workers(self, prepared, todo: list[int], boxes, counts: list[int], workers: int, extra=None):
         """CPU: each image encoded *and* decoded in its own task by ``workers`` threads of ``cores // workers``
         torch threads (torch releases the GIL in its kernels), which uses the cores better than torch's
         intra-op threads or batching do (see :func:`default_cpu_workers`). Same arithmetic as one image alone."""
@@ -315,7 +322,8 @@ class Segmenter:
                 feats = self._encode_chunk(x[i : i + 1], 0)
                 one = torch.zeros(starts[k + 1] - starts[k], dtype=torch.long)
                 with self._autocast():
-                    return self._decode(feats, boxes[starts[k] : starts[k + 1]], one, [counts[i]])
+                    sub = extra.slice(starts[k], starts[k + 1]) if extra is not None else None
+                    return self._decode(feats, boxes[starts[k] : starts[k + 1]], one, [counts[i]], sub)
 
         parts = [f.result() for f in [self._pool.submit(task, k, i) for k, i in enumerate(todo)]]
         self.threads.apply()
@@ -332,9 +340,12 @@ class Segmenter:
             feats = sam_ops.encode(self.model, self.family, sam_ops.normalise(chunk, self._mean, self._std))
         return [f[:n] for f in feats] if pad_to > n else feats
 
-    def _decode(self, feats: list, boxes, img_idx, counts: list[int]):
+    def _decode(self, feats: list, boxes, img_idx, counts: list[int], extra: ExtraPrompts | None = None):
         """``(N, 256, 256)`` logits and ``(N,)`` scores of all boxes (box ``k`` of image ``img_idx[k]``)."""
         import torch
+
+        if extra is not None:
+            return self._decode_groups(feats, boxes, counts, extra)
 
         if self.family == "sam2" and self.batch_decoder:
             # An image's masks must not depend on which other images share its batch (a resumed run writes the
@@ -363,6 +374,105 @@ class Segmenter:
         if len(parts) == 1:
             return parts[0]
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
+    def _extra_prompts(self, image_hws, detections, todo) -> ExtraPrompts | None:
+        """Points and mask prompts of the ``todo`` images' objects, on the device; None when every object is a box
+        alone (the fast box-only path)."""
+        dets = [detections[i] for i in todo]
+        with_masks = self.mask_prompts and any(d.det_masks is not None for d in dets)
+        if all(d.points_xy_px is None for d in dets) and not with_masks:
+            return None
+        n_points = np.concatenate([d.n_points() for d in dets])
+        k = int(n_points.max(initial=0))
+        pts = np.zeros((len(n_points), k, 2), np.float32)
+        labels = np.full((len(n_points), k), -1, np.int32)
+        start = 0
+        for i, d in zip(todo, dets):
+            if d.points_xy_px is not None and k:
+                kd = d.points_xy_px.shape[1]
+                pts[start : start + len(d), :kd] = d.points_xy_px * np.float32(_gain(image_hws[i]))
+                labels[start : start + len(d), :kd] = d.point_labels
+            start += len(d)
+        masks = None
+        has_mask = np.zeros(len(n_points), bool)
+        if with_masks:
+            from annotator.detector_masks import mask_prompts_lowres
+
+            parts, start = [], 0
+            for i, d in zip(todo, dets):
+                if d.det_masks is not None:
+                    parts.append(mask_prompts_lowres(d.det_masks, image_hws[i]))
+                    has_mask[start : start + len(d)] = True
+                else:
+                    parts.append(np.zeros((len(d), 1, LOWRES_PX, LOWRES_PX), np.float32))
+                start += len(d)
+            masks = self._upload(np.concatenate(parts))
+        box_used = np.concatenate([d.boxes_used() for d in dets])
+        return ExtraPrompts(self._upload(pts), self._upload(labels), masks, n_points, box_used, has_mask)
+
+    def _decode_groups(self, feats: list, boxes, counts: list[int], extra: ExtraPrompts):
+        """Decoder calls for point / mask prompts: per image, the objects that share a layout (box or not, number
+        of points, mask or not) together, as Ultralytics decodes one image's prompts; the batched SAM 2 decoder
+        (default) gathers features per prompt in calls of at most ``max_decoder_boxes``, compat mode and SAM /
+        MobileSAM broadcast the image's features. Calls never mix two images, so an image's masks do not depend
+        on its batch."""
+        import torch
+
+        n = boxes.shape[0]
+        logits = scores = None
+        starts = np.concatenate([[0], np.cumsum(counts)]).astype(int).tolist()
+        batched = self.family == "sam2" and self.batch_decoder
+        step = max(1, int(self.max_decoder_boxes)) if batched else n
+        for j, (a, b) in enumerate(zip(starts[:-1], starts[1:])):
+            groups: dict[tuple, list[int]] = {}
+            for q in range(a, b):
+                key = (int(extra.n_points[q]), bool(extra.box_used[q]), bool(extra.has_mask[q]))
+                groups.setdefault(key, []).append(q)
+            for (k, use_box, use_mask), idx in groups.items():
+                for c in range(0, len(idx), step):
+                    sel = self._upload(np.asarray(idx[c : c + step], np.int64))
+                    pts = extra.points.index_select(0, sel)[:, :k] if k else None
+                    lab = extra.labels.index_select(0, sel)[:, :k] if k else None
+                    msk = extra.masks.index_select(0, sel) if use_mask else None
+                    sparse, dense = sam_ops.embed_prompts(
+                        self.model, self.family, boxes.index_select(0, sel), use_box, pts, lab, msk
+                    )
+                    if batched:
+                        img = torch.full((len(sel),), j, dtype=torch.long, device=boxes.device)
+                        lg, sc = sam_ops.decode_embedded(self.model, self.family, feats, sparse, dense, img_idx=img)
+                    else:
+                        lg, sc = sam_ops.decode_embedded(self.model, self.family, feats, sparse, dense, j=j)
+                    if logits is None:
+                        logits = lg.new_empty((n, *lg.shape[1:]))
+                        scores = sc.new_empty((n,))
+                    logits[sel] = lg
+                    scores[sel] = sc
+        return logits, scores
+
+
+@dataclass(frozen=True)
+class ExtraPrompts:
+    """Prompts beyond the box for the ``N`` objects of a batch (device tensors; host layout arrays).
+
+    Attributes:
+        points: ``(N, K, 2)`` float32 clicks in the 1024 px input frame (padded).
+        labels: ``(N, K)`` int32 (1 on, 0 off, -1 padding).
+        masks: ``(N, 1, 256, 256)`` float32 mask prompts, or None.
+        n_points: ``(N,)`` host int: real points per object. box_used, has_mask: ``(N,)`` host bool.
+    """
+
+    points: object
+    labels: object
+    masks: object
+    n_points: np.ndarray
+    box_used: np.ndarray
+    has_mask: np.ndarray
+
+    def slice(self, a: int, b: int) -> ExtraPrompts:
+        m = self.masks[a:b] if self.masks is not None else None
+        return ExtraPrompts(self.points[a:b], self.labels[a:b], m, self.n_points[a:b], self.box_used[a:b],
+                            self.has_mask[a:b])  # fmt: skip
 
 
 def _gain(image_hw: tuple[int, int]) -> float:

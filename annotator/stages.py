@@ -76,6 +76,10 @@ class Stages:
             from annotator.prompts import LabelBoxSource
 
             detector = LabelBoxSource(cfg.prompt_labels, cfg.data if cfg.data.is_dir() else cfg.data.parent)
+        elif "detector" in parts and cfg.prompts == "points":
+            from annotator.prompt_points import PointPromptSource
+
+            detector = PointPromptSource(cfg.prompt_points, cfg.data if cfg.data.is_dir() else cfg.data.parent)
         elif "detector" in parts:
             detector = Detector(
                 models.det_path,
@@ -87,6 +91,7 @@ class Stages:
                 device=cfg.device,
                 half=cfg.half,
                 trust=cfg.trust_weights,
+                with_masks=cfg.detector_masks != "ignore",
             )
         if "segmenter" in parts:
             segmenter = Segmenter(
@@ -99,6 +104,8 @@ class Stages:
                 mask_upsample="full" if compat else "crop",
                 trust=cfg.trust_weights,
             )
+            segmenter.mask_prompts = cfg.detector_masks == "prompt"
+            segmenter.finisher = cls.build_finisher(cfg, segmenter.finisher.threshold)
         if cfg.torch_threads is not None:  # else the count Ultralytics' select_device picks (see TorchThreads)
             for stage in (detector, segmenter):
                 if stage is not None and hasattr(stage, "threads"):
@@ -117,9 +124,10 @@ class Stages:
         )
 
     @staticmethod
-    def build_finisher(cfg: AnnotateConfig) -> MaskFinisher:
+    def build_finisher(cfg: AnnotateConfig, threshold: float = 0.0) -> MaskFinisher:
         """SAM output -> instances for ``cfg`` (no model: cheap to build in every CPU worker)."""
-        return MaskFinisher(cfg.sam_min_score, "full" if cfg.compat == "ultralytics" else "crop")
+        return MaskFinisher(cfg.sam_min_score, "full" if cfg.compat == "ultralytics" else "crop", threshold,
+                            keep_detector_masks=cfg.detector_masks == "keep_better")  # fmt: skip
 
     @staticmethod
     def build_polygonizer(cfg: AnnotateConfig) -> Polygonizer:

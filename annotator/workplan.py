@@ -20,7 +20,7 @@ from annotator.records import SourceItem
 
 _MODEL_KEYS = (
     "conf", "iou", "imgsz", "max_det", "classes", "sam_min_score", "simplify_tolerance_px", "min_area_px",
-    "compat", "half", "max_pixels", "min_side_px", "torch_threads", "prompts",
+    "compat", "half", "max_pixels", "min_side_px", "torch_threads", "prompts", "detector_masks",
 )  # fmt: skip
 _OUTPUT_KEYS = ("format", "save_conf", "multipart", "coco_segmentation", "coco_filename")
 
