@@ -127,6 +127,10 @@ def _add_annotate_args(p: argparse.ArgumentParser) -> None:
     v.add_argument("--frame-stride", dest="frame_stride", type=int, default=S, help="label every n-th source frame (default 1)")
     v.add_argument("--keyframe-interval", dest="keyframe_interval", type=int, default=S,
                    help="detector on every n-th labelled frame (default 5)")
+    v.add_argument("--track-match-iou", dest="track_match_iou", type=float, default=S,
+                   help="mask IoU for a keyframe detection to refresh a track (default 0.5)")
+    v.add_argument("--track-max-missing", dest="track_max_missing", type=int, default=S,
+                   help="keyframes in a row without a mask before a track ends (default 3)")
     j = p.add_argument_group("scheduled jobs")
     j.add_argument("--hash-inputs", dest="hash_inputs", action="store_true", default=S, help="detect changes by content SHA-256")
     j.add_argument("--keep-deleted", dest="keep_deleted", action="store_true", default=S, help="keep labels of deleted inputs")

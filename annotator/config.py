@@ -144,6 +144,13 @@ class AnnotateConfig(BaseModel):
     keyframe_interval: int = Field(
         5, ge=1, description="videos: run the detector on every n-th labelled frame (the tracker carries masks between)"
     )
+    track_match_iou: float = Field(
+        0.5, gt=0.0, le=1.0, description="videos: a keyframe detection refreshes the track whose mask it overlaps by "
+        "at least this IoU; one that matches none starts a new track"
+    )
+    track_max_missing: int = Field(
+        3, ge=1, description="videos: a track ends after this many keyframes in a row without a mask"
+    )
     hash_inputs: bool = Field(False, description="decide 'modified' by content SHA-256 instead of size + mtime")
     keep_deleted: bool = Field(False, description="keep the labels of inputs that were deleted since the last run")
     weights_sha256: dict[str, str] = Field(

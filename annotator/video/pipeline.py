@@ -83,7 +83,8 @@ def video_fingerprint(cfg, model_fp: str, output_fp: str, tracker_name: str) -> 
     import hashlib
 
     doc = {"model_fp": model_fp, "output_fp": output_fp, "frame_stride": cfg.frame_stride,
-           "keyframe_interval": cfg.keyframe_interval, "tracker": tracker_name}  # fmt: skip
+           "keyframe_interval": cfg.keyframe_interval, "tracker": tracker_name,
+           "track_match_iou": cfg.track_match_iou, "track_max_missing": cfg.track_max_missing}  # fmt: skip
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:32]
 
 
@@ -111,7 +112,15 @@ def make_tracker(cfg, models) -> VideoTracker:
     check_video_support(cfg, models)
     from annotator.video.sam2_tracker import SAM2Tracker
 
-    return SAM2Tracker(models.sam_path, models.sam_name, device=cfg.device, half=cfg.half)
+    return SAM2Tracker(
+        models.sam_path,
+        models.sam_name,
+        device=cfg.device,
+        half=cfg.half,
+        match_iou=cfg.track_match_iou,
+        max_missing=cfg.track_max_missing,
+        trust=cfg.trust_weights,
+    )
 
 
 def make_detector(cfg, models) -> FrameDetector:
