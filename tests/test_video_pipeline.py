@@ -249,7 +249,31 @@ def test_frames_are_streamed_and_upright(tmp_path):
     os.mkfifo(fifo)
     with pytest.raises(VideoDecodeError, match="not a regular file"):
         VideoStream(fifo)  # never opened: no hang waiting for a writer
-    assert cv2.CAP_PROP_ORIENTATION_AUTO  # the decoder switches it on (rotation metadata honoured)
+
+
+def _rotate_mp4_90(path) -> None:
+    """Give an mp4's video track a phone's 90-degree display matrix (``tkhd``), as a portrait phone clip has."""
+    import struct
+
+    data = bytearray(path.read_bytes())
+    at = data.find(b"tkhd")
+    assert at > 0 and data[at + 4] == 0, "a version-0 tkhd box"
+    matrix_at = at + 4 + 4 + 4 * 5 + 8 + 2 * 4  # type, version/flags, 5 x 32-bit fields, reserved, 4 x 16-bit
+    data[matrix_at : matrix_at + 36] = struct.pack(">9i", 0, 1 << 16, 0, -(1 << 16), 0, 0, 0, 0, 1 << 30)
+    path.write_bytes(bytes(data))
+
+
+def test_rotated_phone_video_is_labelled_upright(tmp_path):
+    """A portrait phone clip (landscape pixels + a 90-degree rotation in its metadata) comes out as players show it."""
+    from annotator.video.decode import VideoStream
+
+    v = write_shapes_video(tmp_path / "phone.mp4", n_frames=3, image_hw=(48, 64))
+    _rotate_mp4_90(v.path)
+    with VideoStream(v.path) as video:
+        frames = list(video.frames(frame_stride=1))
+    assert [f.shape for _, f in frames] == [(64, 48, 3)] * 3  # portrait, as shown
+    painted = np.rot90(v.frame(1), k=-1)  # the picture turned 90 degrees clockwise
+    assert np.abs(frames[1][1].astype(int) - painted).mean() < 12  # codec noise only
 
 
 def test_scan_finds_videos_beside_images_and_in_lists(tmp_path):
