@@ -6,6 +6,7 @@
     annotator review OUT [--dest DIR] [--per-page N] [--overlays]
     annotator eval OUT --gt GT [--json]
 
+The written frames of finished videos are reviewed as images, with their track ids (see each exporter).
 Every export also writes ``review_queue.csv`` (images in review order) beside its files; when ``OUT/eval.json``
 exists (``annotator eval``), the images that disagree most with the hand-labelled subset head the queue.
 """

@@ -2,7 +2,8 @@
 
 An output folder holds ``run_report.json`` (the settings and models of the last run) and the ledger
 (``.annotator/ledger.sqlite``: every processed image's instances, lossless). :func:`open_finished` reads both;
-:meth:`FinishedRun.images` streams the processed images in input order (memory stays flat).
+:meth:`FinishedRun.images` streams the processed images in input order, then the written frames of the finished
+videos (``annotator/video/``), each frame as one image (memory stays flat).
 
 Example:
     >>> run = open_finished("runs/sample")  # doctest: +SKIP
@@ -30,11 +31,16 @@ class FinishedImage:
     """One processed input of a finished run.
 
     Attributes:
-        rel_path: POSIX path relative to the run's data root (the image's stable key, sub-folders kept).
-        path: absolute path of the input image.
+        rel_path: POSIX path relative to the run's data root (the image's stable key, sub-folders kept); for a
+            video frame, the frame's COCO ``file_name``: ``<video rel>/<frame_index:06d>.jpg``, relative to the
+            frames' ``images/`` folder (:class:`annotator.video.layout.VideoLayout`).
+        path: absolute path of the input image (of a video frame: the frame JPEG the run wrote).
         image_hw: ``(height, width)`` in pixels (EXIF-upright, as labelled).
         status: ``"ok"`` or ``"empty"``.
-        instances: polygons in pixels with class id, detector confidence and SAM score (lossless).
+        instances: polygons in pixels with class id, detector confidence and SAM score (lossless); a video
+            frame's carry ``track_id`` and their track's final class (the vote, as in the frame's label file).
+        video: a video frame's video (its path relative to the data root); None for an image.
+        frame_index: a video frame's source frame number (from 0); None for an image.
     """
 
     rel_path: str
@@ -42,6 +48,8 @@ class FinishedImage:
     image_hw: tuple[int, int]
     status: str
     instances: tuple[PolygonInstance, ...]
+    video: str | None = None
+    frame_index: int | None = None
 
     @property
     def review_score(self) -> float:
@@ -79,8 +87,15 @@ class FinishedRun:
             parts.append(f"{name}@{sha}" if sha else name)
         return "+".join(parts)
 
+    @property
+    def sibling_layout(self) -> bool:
+        """True when the run wrote into ``X/labels`` beside its input ``X/images`` (as ``AnnotateConfig``)."""
+        data, out = Path(self.settings.get("data", "")), self.settings.get("output_dir")
+        return data.name == "images" and out is not None and Path(out) == data.parent / "labels"
+
     def images(self) -> Iterator[FinishedImage]:
-        """Every processed image (``ok`` or ``empty``) in input order (sorted by ``rel_path``), streamed."""
+        """Every processed image (``ok`` or ``empty``) in input order (sorted by ``rel_path``), then every written
+        frame of the finished videos (video order, then frame order; ``video`` / ``frame_index`` set), streamed."""
         from annotator.ledger import Ledger, instances_from_json
 
         ledger = Ledger(self.output_dir)
@@ -90,8 +105,23 @@ class FinishedRun:
                 if row is None or row.status not in _PROCESSED or row.image_hw is None:
                     continue
                 yield FinishedImage(rel, self.data_root / rel, row.image_hw, row.status, instances_from_json(row.result_json))
+            yield from self._frames(ledger)
         finally:
             ledger.close()
+
+    def _frames(self, ledger) -> Iterator[FinishedImage]:
+        """The written frames of the finished videos (nothing for a ledger without a ``videos`` table)."""
+        has_videos = ledger.db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='videos'").fetchone()
+        if not has_videos:  # an image-only run: leave its ledger as it is (no video tables created)
+            return
+        from annotator.video.layout import VideoLayout
+        from annotator.video.ledger import VideoLedger
+        from annotator.video.outputs import frames_in
+
+        layout = VideoLayout(self.output_dir, self.sibling_layout)
+        for f in frames_in(layout, ledger, VideoLedger(ledger).rel_paths()):
+            status = ImageStatus.OK.value if f.instances else ImageStatus.EMPTY.value
+            yield FinishedImage(f.coco_file_name, f.image_path, f.image_hw, status, f.instances, f.video, f.frame_index)
 
 
 def open_finished(output_dir: str | Path) -> FinishedRun:

@@ -331,3 +331,26 @@ def test_label_studio_imports_tasks_as_predictions(label_studio, finished_run, t
             np.testing.assert_allclose(pts, xy / [w, h] * 100.0, rtol=0, atol=1e-6)
         # the image URL resolves, through Label Studio, to the very file the run labelled
         assert ls.call("GET", task["data"]["image"], raw=True) == img.path.read_bytes()
+
+    # A video frame's task (annotator/video): data.video / frame_index and each region's meta.track_id survive the
+    # import; its URL (the frame JPEG's own local-files URL) resolves once a storage covers the frames folder.
+    from dataclasses import replace
+
+    from annotator.review.labelstudio import local_files_url
+
+    frame_path = tmp_path / "frames" / "images" / "clips" / "a.avi" / "000003.jpg"
+    frame_path.parent.mkdir(parents=True)
+    shutil.copyfile(next(iter(images.values())).path, frame_path)
+    sq = np.array([[4.0, 4.0], [30.0, 4.0], [30.0, 30.0], [4.0, 30.0]])
+    inst = replace(_inst(0, 0.8, 0.9, sq), track_id=7)
+    frame = FinishedImage("clips/a.avi/000003.jpg", frame_path, (40, 40), "ok", (inst,), "clips/a.avi", 3)
+    ftask = task_for(frame, run.names, run.model_version, "", url=local_files_url(frame_path))
+    ls.call("POST", f"/api/projects/{pid}/import?commit_to_project=true", json.dumps([ftask]).encode())
+    ls.call("POST", "/api/storages/localfiles", {"project": pid, "path": str(tmp_path / "frames"), "title": "frames"})
+    got = ls.call("GET", f"/api/tasks?project={pid}&fields=all&page_size=1000")["tasks"]
+    (back,) = [t for t in got if t["data"].get("video")]
+    data = back["data"]
+    assert (data["video"], data["frame_index"], data["rel_path"]) == ("clips/a.avi", 3, frame.rel_path)
+    (region,) = back["predictions"][0]["result"]
+    assert region["meta"]["track_id"] == 7 and "track 7" in region["meta"]["text"][0]
+    assert ls.call("GET", back["data"]["image"], raw=True) == frame_path.read_bytes()

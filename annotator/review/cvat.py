@@ -31,6 +31,14 @@ by; lower = look first), rounded to :data:`SCORE_DECIMALS` like the other two. I
 ``score`` is that same number (datumaro copies a top-level ``score`` over ``attributes.score``), not the
 detector confidence alone as in the annotator's own COCO output.
 
+Video frames (:mod:`annotator.video`) are images here too (name ``<video>/<frame_index:06d>.jpg``, the frame
+JPEG copied with ``images="copy"``), their objects with the track's final class and one more attribute,
+``track_id`` (COCO ``attributes.track_id`` beside the annotator's top-level ``track_id``; XML ``<attribute
+name="track_id">`` on each polygon of the object). It is declared (number, 0 .. the largest track id, step 1,
+default 0 = not a frame's object) only when the run has video frames, so an image-only export is unchanged. An
+attribute rather than a group: groups already tie the parts of one mask together, and a CVAT ``<track>`` (shapes
+keyed by frame number) belongs to a video task, not to an images task that mixes images and several videos.
+
 CVAT keeps an imported attribute only where the task's label declares it: ``dest/cvat_labels.json`` holds the
 labels with their attribute specs in the form CVAT's label editor takes ("Raw" tab) when the task is created.
 
@@ -57,7 +65,10 @@ from annotator.finished import FinishedImage, FinishedRun
 from annotator.formats.coco import coco_categories, coco_image_entry, instances_to_coco_annotations
 from annotator.io_atomic import atomic_write_text, atomic_writer, ensure_real_dir, temp_path_in
 
-__all__ = ["COCO_PATH", "IMAGE_MODES", "LABELS_PATH", "SCORE_ATTRIBUTES", "STYLES", "XML_PATH", "export_cvat"]
+__all__ = [
+    "COCO_PATH", "IMAGE_MODES", "LABELS_PATH", "SCORE_ATTRIBUTES", "STYLES", "TRACK_ATTRIBUTE", "XML_PATH",
+    "export_cvat",
+]  # fmt: skip
 
 STYLES = ("coco", "xml", "both")
 #: ``"none"``: annotations only (enough to upload into a task that has the images); ``"copy"``: the images too,
@@ -70,6 +81,8 @@ XML_PATH = "annotations.xml"
 LABELS_PATH = "cvat_labels.json"
 IMAGES_DIR = "images"
 SCORE_ATTRIBUTES = ("score", "det_conf", "sam_score")
+#: a video frame's object: its track id (the same on every frame of its video; declared only for runs with videos)
+TRACK_ATTRIBUTE = "track_id"
 #: digits kept for the score attributes (and the step of their CVAT number spec).
 SCORE_DECIMALS = 4
 _SCORE_SPEC = {"min": "0", "max": "1", "step": f"{10.0 ** -SCORE_DECIMALS:.{SCORE_DECIMALS}f}"}
@@ -112,10 +125,11 @@ def export_cvat(run: FinishedRun, dest: str | os.PathLike, *, style: str = "both
             spills.append(temp_path_in(dest))
             files.append(open(spills[-1], "w", encoding="utf-8", newline="\n"))
         coco_images, coco_anns, xml_body = files
-        n_images = n_anns = n_groups = 0
+        n_images = n_anns = n_groups = max_track = 0
         for img in run.images():
             entry = coco_image_entry(n_images + 1, img.rel_path, img.image_hw)
             anns = _annotations(img, image_id=n_images + 1, first_annotation_id=n_anns + 1)
+            max_track = max([max_track] + [a["attributes"].get(TRACK_ATTRIBUTE, 0) for a in anns])
             if want_coco:
                 coco_images.write(_dumps(entry) + "\n")
                 for a in anns:
@@ -146,12 +160,12 @@ def export_cvat(run: FinishedRun, dest: str | os.PathLike, *, style: str = "both
             path = dest / XML_PATH
             with atomic_writer(path, "w", root=dest) as out:
                 out.write('<?xml version="1.0" encoding="utf-8"?>\n<annotations>\n  <version>1.1</version>\n')
-                out.write(_xml_meta(run, names, n_images))
+                out.write(_xml_meta(run, names, n_images, max_track))
                 _copy_lines(spills[2], out, "")
                 out.write("</annotations>\n")
             written.append(path)
         labels_path = dest / LABELS_PATH
-        atomic_write_text(labels_path, json.dumps(cvat_labels(names), indent=2) + "\n", root=dest)
+        atomic_write_text(labels_path, json.dumps(cvat_labels(names, max_track=max_track), indent=2) + "\n", root=dest)
         written.append(labels_path)
         return written
     finally:
@@ -162,8 +176,14 @@ def export_cvat(run: FinishedRun, dest: str | os.PathLike, *, style: str = "both
                 p.unlink()
 
 
-def cvat_labels(names: Mapping[int, str]) -> list[dict]:
-    """The labels for CVAT's label editor ("Raw" tab), by class id, each with the score attribute specs.
+def _track_spec(max_track: int) -> list[str]:
+    """The ``track_id`` number spec: ``0`` (no track: an image's object) to the run's largest track id, step 1."""
+    return ["0", str(max(int(max_track), 1)), "1"]
+
+
+def cvat_labels(names: Mapping[int, str], *, max_track: int = 0) -> list[dict]:
+    """The labels for CVAT's label editor ("Raw" tab), by class id, each with the score attribute specs (and,
+    when the run has video frames, i.e. ``max_track`` > 0, the ``track_id`` spec).
 
     Example:
         >>> spec = cvat_labels({0: "circle"})[0]["attributes"][0]
@@ -178,7 +198,12 @@ def cvat_labels(names: Mapping[int, str]) -> list[dict]:
             "attributes": [
                 {"name": a, "mutable": False, "input_type": "number", "default_value": "0", "values": list(spec)}
                 for a in SCORE_ATTRIBUTES
-            ],
+            ]
+            + (
+                [{"name": TRACK_ATTRIBUTE, "mutable": False, "input_type": "number", "default_value": "0",
+                  "values": _track_spec(max_track)}]
+                if max_track else []
+            ),  # fmt: skip
         }
         for c in sorted(names)
     ]
@@ -202,6 +227,8 @@ def _annotations(img: FinishedImage, *, image_id: int, first_annotation_id: int)
         score = _score(det * sam)
         a["score"] = score  # datumaro copies it over attributes["score"]: keep them equal
         a["attributes"] = {"occluded": False, "score": score, "det_conf": _score(det), "sam_score": _score(sam)}
+        if "track_id" in a:  # a video frame's object (the top-level key stays, as in the annotator's COCO)
+            a["attributes"][TRACK_ATTRIBUTE] = int(a["track_id"])
     return anns
 
 
@@ -244,7 +271,8 @@ def _write_xml_image(
         if len(parts) > 1:
             n_groups += 1
             group = f' group_id="{n_groups}"'
-        attrs = "".join(f'      <attribute name="{k}">{a["attributes"][k]}</attribute>\n' for k in SCORE_ATTRIBUTES)
+        keys = SCORE_ATTRIBUTES + ((TRACK_ATTRIBUTE,) if TRACK_ATTRIBUTE in a["attributes"] else ())
+        attrs = "".join(f'      <attribute name="{k}">{a["attributes"][k]}</attribute>\n' for k in keys)
         for flat in parts:
             points = ";".join(f"{_fmt(flat[i])},{_fmt(flat[i + 1])}" for i in range(0, len(flat), 2))
             out.write(
@@ -255,7 +283,7 @@ def _write_xml_image(
     return n_groups
 
 
-def _xml_meta(run: FinishedRun, names: Mapping[int, str], n_images: int) -> str:
+def _xml_meta(run: FinishedRun, names: Mapping[int, str], n_images: int, max_track: int = 0) -> str:
     """The ``<meta><task>`` section: task size and frames, labels with their attribute specs."""
     lines = [
         "  <meta>",
@@ -286,6 +314,16 @@ def _xml_meta(run: FinishedRun, names: Mapping[int, str], n_images: int) -> str:
                 "              <input_type>number</input_type>",
                 "              <default_value>0</default_value>",
                 f"              <values>{values}</values>",
+                "            </attribute>",
+            ]
+        if max_track:
+            lines += [
+                "            <attribute>",
+                f"              <name>{TRACK_ATTRIBUTE}</name>",
+                "              <mutable>False</mutable>",
+                "              <input_type>number</input_type>",
+                "              <default_value>0</default_value>",
+                f"              <values>{chr(10).join(_track_spec(max_track))}</values>",
                 "            </attribute>",
             ]
         lines += ["          </attributes>", "        </label>"]

@@ -24,6 +24,15 @@ Task shape (one image with one object of two parts; numbers shortened)::
                     "object": 0, "part": 0, "parts": 2, "class_id": 0, "det_conf": 0.7, "sam_score": 0.871}},
           {"id": "o0p1", "parentID": "o0p0", ... "meta": {..., "part": 1, ...}}]}]}
 
+Video frames (:mod:`annotator.video`): every written frame of a finished video is one task, after the same
+rules, with ``data.video`` (the video's path relative to the data folder) and ``data.frame_index`` (source frame
+number) besides ``data.rel_path`` (``<video>/<frame_index:06d>.jpg``); each region's ``meta`` has ``track_id``
+(the object's id within its video, also in ``meta.text``: ``object 1/2, part 1/1, track 3: ...``) and its label
+is the track's final class (the vote, as in the frame's label file). A frame's URL is its JPEG's own local-files
+URL (``/data/local-files/?d=<absolute path>``: the frames lie in the output folder, not under ``data``; add a
+*Local files* storage for the output folder too), or ``image_root + rel_path`` when ``image_root`` is given.
+Images' tasks are unchanged.
+
 Conventions:
 
 * **Points** are in percent of the image: ``x / W * 100``, ``y / H * 100`` with ``(W, H)`` the EXIF-upright
@@ -77,7 +86,7 @@ from xml.sax.saxutils import escape
 from annotator.finished import FinishedImage, FinishedRun
 from annotator.io_atomic import atomic_write_text
 
-__all__ = ["export_labelstudio", "labeling_config", "image_url", "task_for"]
+__all__ = ["export_labelstudio", "labeling_config", "image_url", "local_files_url", "task_for"]
 
 FROM_NAME = "label"
 TO_NAME = "image"
@@ -132,14 +141,29 @@ def image_url(rel_path: str, image_root: str) -> str:
     return image_root + quote(rel_path, safe="/")
 
 
-def task_for(img: FinishedImage, names: dict[int, str], model_version: str, image_root: str) -> dict:
-    """One Label Studio task (``data`` + one prediction with every region of the image), see the module doc."""
+def local_files_url(path: Path) -> str:
+    """Label Studio's local-files URL of an absolute ``path`` under document root ``/``.
+
+    Example:
+        >>> local_files_url(Path("/out/images/clips/a b.mp4/000012.jpg"))
+        '/data/local-files/?d=out/images/clips/a%20b.mp4/000012.jpg'
+    """
+    return "/data/local-files/?d=" + quote(Path(path).absolute().as_posix().lstrip("/"), safe="/")
+
+
+def task_for(
+    img: FinishedImage, names: dict[int, str], model_version: str, image_root: str, *, url: str | None = None
+) -> dict:
+    """One Label Studio task (``data`` + one prediction with every region of the image), see the module doc;
+    ``url`` overrides ``image_root + rel_path`` as ``data.image``."""
     h, w = img.image_hw
     result = []
     n_obj = len(img.instances)
     for k, inst in enumerate(img.instances):
         score = float(inst.det_conf) * float(inst.sam_score)
         parts = inst.polygons_xy_px
+        track_id = getattr(inst, "track_id", None)  # set on a video frame's objects
+        track = f", track {int(track_id)}" if track_id is not None else ""
         for j, xy in enumerate(parts):
             pts = [[float(x) / w * 100.0, float(y) / h * 100.0] for x, y in xy.tolist()]
             region = {
@@ -154,7 +178,7 @@ def task_for(img: FinishedImage, names: dict[int, str], model_version: str, imag
                 "score": score,
                 "meta": {
                     "text": [
-                        f"object {k + 1}/{n_obj}, part {j + 1}/{len(parts)}: "
+                        f"object {k + 1}/{n_obj}, part {j + 1}/{len(parts)}{track}: "
                         f"det_conf {inst.det_conf:.3f}, sam_score {inst.sam_score:.3f}"
                     ],
                     "object": k,
@@ -165,13 +189,26 @@ def task_for(img: FinishedImage, names: dict[int, str], model_version: str, imag
                     "sam_score": float(inst.sam_score),
                 },
             }
+            if track_id is not None:  # a video frame's object: the same id on every frame of its video
+                region["meta"]["track_id"] = int(track_id)
             if j:
                 region["parentID"] = f"o{k}p0"
             result.append(region)
+    data = {"image": url if url is not None else image_url(img.rel_path, image_root), "rel_path": img.rel_path}
+    if getattr(img, "video", None) is not None:  # a video frame (annotator/video/)
+        data["video"] = img.video
+        data["frame_index"] = int(img.frame_index)
     return {
-        "data": {"image": image_url(img.rel_path, image_root), "rel_path": img.rel_path},
+        "data": data,
         "predictions": [{"model_version": model_version, "score": float(img.review_score), "result": result}],
     }
+
+
+def _frame_url(img: FinishedImage, image_root: str | None) -> str | None:
+    """A video frame's URL under the default root: its JPEG's own local-files URL (it is not under ``data``)."""
+    if image_root is None and getattr(img, "video", None) is not None:
+        return local_files_url(img.path)
+    return None
 
 
 def export_labelstudio(run: FinishedRun, dest: Path, *, image_root: str | None = None) -> list[Path]:
@@ -191,7 +228,7 @@ def export_labelstudio(run: FinishedRun, dest: Path, *, image_root: str | None =
     names = run.names
     version = run.model_version
     # A task is small (polygon points only); sorting needs them all, and tasks.json is one JSON array anyway.
-    tasks = [task_for(img, names, version, root) for img in run.images()]
+    tasks = [task_for(img, names, version, root, url=_frame_url(img, image_root)) for img in run.images()]
     tasks.sort(key=lambda t: (t["predictions"][0]["score"], t["data"]["rel_path"]))
     tasks_path, config_path = dest / "tasks.json", dest / "labeling_config.xml"
     # One task per line: diffable and greppable, without the bulk of an indented points list.

@@ -18,6 +18,10 @@
 * **Overlays on request**: ``overlays=True`` also writes ``dest/overlays/<rel_path>.png`` (OpenCV, the same
   colours); a card links to its overlay, and shows it instead of an input a browser can not display (TIFF, ...).
 
+* **Video frames** (a run with videos): every written frame is a card (its frame JPEG), with ``#<track id>`` after
+  each mask's class (on the image and in the list; tooltip: track and video); a video selector filters by video
+  (``#video=clips/a.mp4``; ``(images)``: the images only), and the index keeps, per page, the videos it holds.
+
 Every string reaches the page as JSON (``<``, ``>``, ``&`` escaped) and is put in the DOM as text, never as HTML.
 """
 
@@ -101,7 +105,8 @@ def _draw_overlay(bgr: np.ndarray, img: FinishedImage, names: dict[int, str]) ->
     for inst, pts, color in outlines:
         x0 = int(min(p[:, 0, 0].min() for p in pts) / 4)
         y0 = int(min(p[:, 0, 1].min() for p in pts) / 4)
-        label = f"{names.get(inst.class_id, f'class{inst.class_id}')} {inst.det_conf * inst.sam_score:.2f}"
+        track = f" #{inst.track_id}" if getattr(inst, "track_id", None) is not None else ""
+        label = f"{names.get(inst.class_id, f'class{inst.class_id}')}{track} {inst.det_conf * inst.sam_score:.2f}"
         org = (max(0, x0), max(int(14 * scale), y0 - 3))
         cv2.putText(out, label, org, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thick + 2, cv2.LINE_AA)
         cv2.putText(out, label, org, cv2.FONT_HERSHEY_SIMPLEX, scale, color, thick, cv2.LINE_AA)
@@ -137,9 +142,12 @@ def _item(img: FinishedImage, dest: Path, overlay_url: str | None) -> dict:
     inst = [
         [int(i.class_id), round(float(i.det_conf), 4), round(float(i.sam_score), 4),
          [[round(float(v), 1) for v in np.asarray(p, np.float64).reshape(-1)] for p in i.polygons_xy_px]]
+        + ([int(i.track_id)] if getattr(i, "track_id", None) is not None else [])  # a video frame's: track id
         for i in img.instances
-    ]
+    ]  # fmt: skip
     item = {"r": img.rel_path, "src": src, "w": int(w), "h": int(h), "s": round(img.review_score, 4), "i": inst}
+    if getattr(img, "video", None) is not None:
+        item["v"], item["f"] = img.video, int(img.frame_index)
     if overlay_url:
         item["ov"] = overlay_url
     return item
@@ -166,7 +174,8 @@ def write_review_page(run: FinishedRun, dest: Path, *, per_page: int = 200, over
     ensure_real_dir(dest)
     data_dir = ensure_real_dir(dest / "data", dest)
     names = dict(run.names)
-    keys: list[tuple[float, str, int, int, tuple[int, ...]]] = []
+    keys: list[tuple[float, str, int, int, tuple[int, ...], int]] = []
+    videos: dict[str, int] = {}  # video -> its index in meta["videos"] (-1 on a page: an image)
     written: set[str] = set()
     pages_meta: list[list] = []
     with tempfile.TemporaryFile() as spool:
@@ -176,7 +185,8 @@ def write_review_page(run: FinishedRun, dest: Path, *, per_page: int = 200, over
             ov = _write_overlay(img, dest, names) if overlays else None
             blob = _js_json(_item(img, dest, ov)).encode("ascii")
             classes = tuple(sorted({int(i.class_id) for i in img.instances})) or (-1,)
-            keys.append((round(img.review_score, 4), img.rel_path, spool.tell(), len(blob), classes))
+            video = -1 if getattr(img, "video", None) is None else videos.setdefault(img.video, len(videos))
+            keys.append((round(img.review_score, 4), img.rel_path, spool.tell(), len(blob), classes, video))
             spool.write(blob)
         keys.sort(key=lambda k: (k[0], k[1]))
         n_pages = -(-len(keys) // per_page)
@@ -184,7 +194,7 @@ def write_review_page(run: FinishedRun, dest: Path, *, per_page: int = 200, over
         for p in range(n_pages):
             chunk = keys[p * per_page : (p + 1) * per_page]
             blobs = []
-            for _, _, offset, length, _ in chunk:
+            for _, _, offset, length, _, _ in chunk:
                 spool.seek(offset)
                 blobs.append(spool.read(length).decode("ascii"))
             name = f"page-{p + 1:0{pad}d}.js"
@@ -192,6 +202,8 @@ def write_review_page(run: FinishedRun, dest: Path, *, per_page: int = 200, over
             written.add(name)
             present = sorted({c for k in chunk for c in k[4]})
             pages_meta.append([chunk[0][0], chunk[-1][0], present])
+            if videos:  # a run with videos: which videos (-1: images) each page holds, for the video filter
+                pages_meta[-1].append(sorted({k[5] for k in chunk}))
     for old in data_dir.iterdir():
         if _PAGE_RE.match(old.name) and old.name not in written and not old.is_dir():
             remove_file(old)
@@ -209,6 +221,8 @@ def write_review_page(run: FinishedRun, dest: Path, *, per_page: int = 200, over
         "pad": pad,
         "pages": pages_meta,
     }
+    if videos:
+        meta["videos"] = sorted(videos, key=videos.get)
     index = dest / "index.html"
     page = _TEMPLATE.replace("__TITLE__", html.escape(meta["title"])).replace("__META__", _js_json(meta))
     atomic_write_text(index, page, root=dest)
@@ -241,7 +255,7 @@ main{display:grid;grid-template-columns:repeat(auto-fill,minmax(320px,1fr));gap:
 #msg{padding:20px;color:#374151}#msg:empty{display:none}
 </style></head><body>
 <header><h1 id="title"></h1><div class="sub" id="info"></div>
-<div id="controls"><span id="classes"></span>
+<div id="controls"><span id="classes"></span><span id="videos" hidden></span>
 <span>score <label>min <input type="range" id="min" min="0" max="1" step="0.01"></label> <b id="minv"></b>
 <label>max <input type="range" id="max" min="0" max="1" step="0.01"></label> <b id="maxv"></b></span>
 <span><button id="prev">&#8249; prev</button> page <input type="number" id="pageno" min="1"> / <span id="npages"></span>
@@ -271,6 +285,7 @@ function parse() {
       parts.forEach(function (n) { allClasses().forEach(function (c) { if (name(c) === n) s.classes.add(c); }); });
     });
   }
+  s.video = q.get("video"); if (s.video === null || !M.videos) s.video = "";
   s.min = parseFloat(q.get("min")) || 0; s.max = parseFloat(q.get("max"));
   if (isNaN(s.max)) s.max = 1;
   return s;
@@ -282,16 +297,20 @@ function go(s) {
   else if (s.classes.size !== allClasses().length) allClasses().forEach(function (c) { if (s.classes.has(c)) q.append("class", name(c)); });
   if (s.min > 0) q.set("min", s.min);
   if (s.max < 1) q.set("max", s.max);
+  if (s.video) q.set("video", s.video);
   var h = q.toString();
   if (h === location.hash.replace(/^#/, "")) apply(); else location.hash = h;
 }
-function copy() { return {page: S.page, classes: new Set(S.classes), min: S.min, max: S.max}; }
+function copy() { return {page: S.page, classes: new Set(S.classes), min: S.min, max: S.max, video: S.video}; }
+function videoIndex(v) { return v === "(images)" ? -1 : (M.videos || []).indexOf(v); }
 function pageMayMatch(p) {
   var st = M.pages[p - 1];
-  return st && st[1] >= S.min && st[0] <= S.max && st[2].some(function (c) { return S.classes.has(c); });
+  return st && st[1] >= S.min && st[0] <= S.max && st[2].some(function (c) { return S.classes.has(c); }) &&
+    (!S.video || !st[3] || st[3].indexOf(videoIndex(S.video)) >= 0);
 }
 function matches(it) {
   if (it.s < S.min || it.s > S.max) return false;
+  if (S.video && (S.video === "(images)" ? it.v !== undefined : it.v !== S.video)) return false;
   if (!it.i.length) return S.classes.has(-1);
   return it.i.some(function (x) { return S.classes.has(x[0]); });
 }
@@ -308,6 +327,15 @@ function controls() {
     var sw = el("span", "sw"); sw.style.background = c < 0 ? "#fff" : color(c);
     lab.append(cb, sw, document.createTextNode(name(c))); box.append(lab);
   });
+  var vs = $("videos"); vs.textContent = ""; vs.hidden = !M.videos;
+  if (M.videos) {
+    var sel = el("select"); sel.id = "video";
+    ["", "(images)"].concat(M.videos).forEach(function (v) {
+      var o = el("option", "", v || "all images and videos"); o.value = v; sel.append(o);
+    });
+    sel.value = S.video; sel.onchange = function () { var s = copy(); s.video = sel.value; s.page = 1; go(s); };
+    vs.append(document.createTextNode("video "), sel);
+  }
   $("min").value = S.min; $("max").value = S.max;
   $("minv").textContent = S.min.toFixed(2); $("maxv").textContent = S.max.toFixed(2);
   $("pageno").value = S.page; $("pageno").max = M.n_pages; $("npages").textContent = M.n_pages;
@@ -330,21 +358,28 @@ window.reviewPage = function (p, items) {
 function scoreColor(s) { return s < 0.3 ? "#dc2626" : s < 0.6 ? "#d97706" : "#16a34a"; }
 function card(it, rank) {
   var c = el("div", "card"); c.dataset.rel = it.r; c.dataset.score = it.s;
+  if (it.v !== undefined) { c.dataset.video = it.v; c.dataset.frame = it.f; }
   var head = el("div", "head"), path = el("span", "path", it.r), sc = el("span", "score", it.s.toFixed(2));
-  path.title = it.r; sc.style.background = scoreColor(it.s); sc.title = "review score (lowest det x sam)";
+  path.title = it.v !== undefined ? it.v + ", frame " + it.f : it.r;
+  sc.style.background = scoreColor(it.s); sc.title = "review score (lowest det x sam)";
   head.append(el("span", "rank", "#" + rank), path, sc);
   var fig = el("div", "fig"); fig.style.aspectRatio = it.w + " / " + it.h;
   var img = el("img"); img.loading = "lazy"; img.alt = it.r; img.src = it.src;
   var svg = sv("svg", {viewBox: "0 0 " + it.w + " " + it.h, preserveAspectRatio: "none"});
   var fs = Math.max(it.w, it.h) / 26, list = el("ul", "insts");
   it.i.forEach(function (x) {
-    var cls = x[0], col = color(cls), sc2 = x[1] * x[2];
+    var cls = x[0], col = color(cls), sc2 = x[1] * x[2], tr = x.length > 4 ? " #" + x[4] : "";
     var li = el("li"), sw = el("span", "sw"); sw.style.background = col; li.dataset.cls = cls;
-    li.append(sw, document.createTextNode(name(cls) + " "),
+    if (tr) { li.dataset.track = x[4]; li.title = "track " + x[4] + " of " + it.v; }
+    li.append(sw, document.createTextNode(name(cls) + tr + " "),
       el("span", "num", x[1].toFixed(2) + " \u00d7 " + x[2].toFixed(2) + " = " + sc2.toFixed(2)));
     list.append(li);
     if (!S.classes.has(cls)) { li.style.opacity = 0.4; return; }
     var g = sv("g", {"data-class": cls}), x0 = Infinity, y0 = Infinity;
+    if (tr) {
+      g.setAttribute("data-track", x[4]);
+      var tt = sv("title", {}); tt.textContent = name(cls) + " track " + x[4]; g.append(tt);
+    }
     x[3].forEach(function (f) {
       var pts = [];
       for (var k = 0; k + 1 < f.length; k += 2) { pts.push(f[k] + "," + f[k + 1]); x0 = Math.min(x0, f[k]); y0 = Math.min(y0, f[k + 1]); }
@@ -353,7 +388,7 @@ function card(it, rank) {
     });
     if (x[3].length) {
       var t = sv("text", {x: x0, y: Math.max(fs, y0 - fs * 0.2), "font-size": fs, fill: col, "stroke-width": fs / 8});
-      t.textContent = name(cls) + " " + sc2.toFixed(2); g.append(t);
+      t.textContent = name(cls) + tr + " " + sc2.toFixed(2); g.append(t);
     }
     svg.append(g);
   });

@@ -1,5 +1,8 @@
 """The review queue: the images of a finished run ordered by how much they need a human look.
 
+The written frames of finished videos are in it as images (``rel_path`` = ``<video>/<frame:06d>.jpg``, the
+``image_path`` column = the frame JPEG), ranked like images.
+
 Orders:
 
 * ``lowest`` (default): lowest ``det_conf x sam_score`` of an image's instances first (one weak mask is
@@ -38,16 +41,18 @@ class QueueRow:
     weakest_class: str
     weakest_det_conf: float
     weakest_sam_score: float
+    #: the image file (a video frame's: the frame JPEG the run wrote); None = ``data_root / rel_path``
+    path: Path | None = None
 
 
 def _row(img: FinishedImage, names: dict[int, str], order: str) -> QueueRow:
     if not img.instances:
-        return QueueRow(img.rel_path, 1.0 if order == "lowest" else 0.5, 0, "", 1.0, 1.0)
+        return QueueRow(img.rel_path, 1.0 if order == "lowest" else 0.5, 0, "", 1.0, 1.0, img.path)
     key = (lambda i: i.det_conf * i.sam_score) if order == "lowest" else (lambda i: abs(i.det_conf * i.sam_score - 0.5))
     weakest = min(img.instances, key=key)
     return QueueRow(
         img.rel_path, round(key(weakest), 6), len(img.instances), names.get(weakest.class_id, str(weakest.class_id)),
-        round(weakest.det_conf, 6), round(weakest.sam_score, 6),
+        round(weakest.det_conf, 6), round(weakest.sam_score, 6), img.path,
     )  # fmt: skip
 
 
@@ -69,7 +74,7 @@ def write_review_queue(run: FinishedRun, dest: Path, *, order: str = "lowest", f
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["rank", "rel_path", "image_path", "score", "instances", "weakest_class", "weakest_det_conf", "weakest_sam_score"])
     for k, r in enumerate(review_order(run, order=order, first=first), 1):
-        w.writerow([k, r.rel_path, str(run.data_root / r.rel_path), r.score, r.instances, r.weakest_class,
+        w.writerow([k, r.rel_path, str(r.path or run.data_root / r.rel_path), r.score, r.instances, r.weakest_class,
                     r.weakest_det_conf, r.weakest_sam_score])  # fmt: skip
     path = Path(dest) / "review_queue.csv"
     path.parent.mkdir(parents=True, exist_ok=True)

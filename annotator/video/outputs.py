@@ -40,8 +40,12 @@ class VideoFrameOutput:
 
 def finished_frames(cfg, ledger, videos: Sequence[str]) -> Iterator[VideoFrameOutput]:
     """Every written frame of the ``videos`` (rel paths, in order) whose status is final and labelled."""
+    return frames_in(VideoLayout.of(cfg), ledger, videos)
+
+
+def frames_in(layout: VideoLayout, ledger, videos: Sequence[str]) -> Iterator[VideoFrameOutput]:
+    """:func:`finished_frames` with the layout given (a finished run read back without its config)."""
     vledger = VideoLedger(ledger)
-    layout = VideoLayout.of(cfg)
     for rel in videos:
         row = vledger.get(rel)
         if row is None or row.status not in LABELLED_VIDEO_STATUSES or row.image_hw is None:
