@@ -94,7 +94,8 @@ def _add_annotate_args(p: argparse.ArgumentParser) -> None:
     )
     d.add_argument("--sam-min-score", dest="sam_min_score", type=float, default=S, help="drop masks with SAM score <= this (0.25)")
     pr = p.add_argument_group("prompts")
-    pr.add_argument("--prompts", choices=["detector", "boxes"], default=S, help="detector (default) or existing box labels")
+    pr.add_argument("--prompts", choices=["detector", "boxes", "everything"], default=S,
+                    help="detector (default), existing box labels, or everything (a point grid, no detector)")  # fmt: skip
     pr.add_argument("--prompt-labels", dest="prompt_labels", default=S,
                     help="prompts boxes: YOLO labels folder or COCO .json (default: labels/ beside data)")  # fmt: skip
     o = p.add_argument_group("output")
