@@ -36,6 +36,9 @@ def auto_annotate(
 ) -> RunSummary:
     """Detect objects with YOLO, segment each box with SAM / SAM 2, write YOLO-seg labels and/or COCO JSON.
 
+    ``prompts="everything"`` segments without a detector (SAM's automatic masks from a point grid, one class;
+    settings: ``everything={"points_per_side": 32, ...}``, see :class:`annotator.everything.EverythingSettings`).
+
     The leading parameters are those of Ultralytics' ``auto_annotate``, in the same order and meaning.
 
     Args:
@@ -120,7 +123,9 @@ def run(cfg: AnnotateConfig, *, on_result: Callable | None = None, engine_option
 
     t0 = time.perf_counter()
     prompt_file = cfg.prompt_points if cfg.prompts == "points" else cfg.prompt_labels  # hashed as the detector
-    models = resolve_models(cfg.det_model, cfg.sam_model, weights_dir=cfg.weights_dir, prompt_labels=prompt_file)
+    stand_in = cfg.everything.digest() if cfg.prompts == "everything" else None  # no detector file
+    models = resolve_models(cfg.det_model, cfg.sam_model, weights_dir=cfg.weights_dir, prompt_labels=prompt_file,
+                            det_stand_in=stand_in)  # fmt: skip
     weight_hashes = hash_weights(models, cfg.weights_sha256)
     try:
         scan = scan_sources(cfg.data)
@@ -268,6 +273,8 @@ def _nothing_to_process(cfg: AnnotateConfig, models, plan) -> RunSummary:
         from annotator.prompt_points import load_points_file
 
         names = load_points_file(cfg.prompt_points)[0]
+    elif names is None and cfg.prompts == "everything":
+        names = {0: cfg.everything.class_name}
     elif names is None:  # first run on an empty folder, or a new detector: its names are needed for data.yaml
         from annotator.models import load_yolo
 

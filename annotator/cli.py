@@ -94,8 +94,9 @@ def _add_annotate_args(p: argparse.ArgumentParser) -> None:
     )
     d.add_argument("--sam-min-score", dest="sam_min_score", type=float, default=S, help="drop masks with SAM score <= this (0.25)")
     pr = p.add_argument_group("prompts")
-    pr.add_argument("--prompts", choices=["detector", "boxes", "points"], default=S,
-                    help="detector (default), existing box labels, or a file of point prompts")  # fmt: skip
+    pr.add_argument("--prompts", choices=["detector", "boxes", "points", "everything"], default=S,
+                    help="detector (default), existing box labels, a file of point prompts, or everything (a point "
+                    "grid, no detector)")  # fmt: skip
     pr.add_argument("--prompt-labels", dest="prompt_labels", default=S,
                     help="prompts boxes: YOLO labels folder or COCO .json (default: labels/ beside data)")  # fmt: skip
     pr.add_argument("--prompt-points", dest="prompt_points", default=S,

@@ -20,6 +20,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from annotator.engine_settings import RaySettings
+from annotator.everything import EverythingSettings
 from annotator.errors import ConfigError
 
 Format = Literal["yolo", "coco", "both"]
@@ -51,10 +52,11 @@ class AnnotateConfig(BaseModel):
     output_dir: Path | None = Field(None, description="where labels/ and the COCO JSON go")
 
     # -- prompt source ----------------------------------------------------------------------------------
-    prompts: Literal["detector", "boxes", "points"] = Field(
+    prompts: Literal["detector", "boxes", "points", "everything"] = Field(
         "detector",
-        description="where SAM's prompts come from: the detector, existing box labels (polygon rows are kept), or "
-        "a file of points per object (prompt_points)",
+        description="where SAM's prompts come from: the detector, existing box labels (polygon rows are kept), "
+        "a file of points per object (prompt_points), or everything: a grid of points, no detector (settings in "
+        "everything:)",
     )
     prompt_labels: Path | None = Field(
         None,
@@ -70,6 +72,9 @@ class AnnotateConfig(BaseModel):
         "ignore",
         description="a -seg detector's masks: ignore them (boxes only), give each to SAM as a mask prompt with its "
         "box, or keep the detector's mask where SAM's score is below the detector's confidence",
+    )
+    everything: EverythingSettings = Field(
+        default_factory=EverythingSettings, description="prompts everything: point grid, filters, class name"
     )
 
     # -- outputs --------------------------------------------------------------------------------------
@@ -342,11 +347,12 @@ def describe_validation_error(e: ValidationError) -> str:
 
 
 def _unknown_hint(loc: tuple) -> str:
-    """The closest valid name for an unknown key (top level or inside the ``ray:`` section)."""
+    """The closest valid name for an unknown key (top level or inside the ``ray:`` / ``everything:`` section)."""
     name = str(loc[-1])
     if len(loc) == 1 and name.startswith("ray_") and name[4:] in RaySettings.model_fields:
         return f" (Ray settings are one section now: ray: {{{name[4:]}: ...}})"
-    fields = list((RaySettings if len(loc) > 1 and loc[0] == "ray" else AnnotateConfig).model_fields)
+    sections = {"ray": RaySettings, "everything": EverythingSettings}
+    fields = list(((sections.get(str(loc[0])) if len(loc) > 1 else None) or AnnotateConfig).model_fields)
     close = difflib.get_close_matches(name, fields, n=1)
     return f" (did you mean {close[0]!r}?)" if close else f" (allowed: {', '.join(fields)})"
 

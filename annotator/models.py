@@ -166,20 +166,29 @@ class ResolvedModels:
     sam_path: Path
     sam_name: str  # registered architecture name, e.g. "sam2_t.pt"
     sam_family: str  # "sam" or "sam2"
+    det_sha256: str | None = None  # no detector file (prompts: everything): this digest stands for its weights
 
 
 def resolve_models(
-    det_model: str, sam_model: str, *, weights_dir: Path | None = None, prompt_labels: Path | None = None
+    det_model: str, sam_model: str, *, weights_dir: Path | None = None, prompt_labels: Path | None = None,
+    det_stand_in: str | None = None,
 ) -> ResolvedModels:
     """Resolve both weight files (and the SAM architecture) or raise a one-line error.
 
     ``prompt_labels`` (``prompts: boxes``): the labels stand where the detector stands (no detector is loaded;
-    their content is hashed in the detector's place, so a changed label re-annotates).
+    their content is hashed in the detector's place, so a changed label re-annotates). ``det_stand_in``
+    (``prompts: everything``): a digest of the settings that replace the detector; no detector file is resolved
+    and ``det_path`` is ``Path("everything")`` (a name in reports, never opened).
     """
     sam_name, family = sam_architecture(sam_model)
-    det = Path(prompt_labels) if prompt_labels is not None else resolve_weights(det_model, role="det_model", weights_dir=weights_dir)
+    if det_stand_in is not None:
+        det = Path("everything")
+    elif prompt_labels is not None:
+        det = Path(prompt_labels)
+    else:
+        det = resolve_weights(det_model, role="det_model", weights_dir=weights_dir)
     sam = resolve_weights(sam_model, role="sam_model", weights_dir=weights_dir)
-    return ResolvedModels(det, sam, sam_name, family)
+    return ResolvedModels(det, sam, sam_name, family, det_sha256=det_stand_in)
 
 
 def load_yolo(path: Path, *, trust: bool = False):

@@ -72,7 +72,11 @@ class Stages:
         """Load the models named in ``parts`` (``"detector"``, ``"segmenter"``) once; the polygonizer always."""
         compat = cfg.compat == "ultralytics"
         detector = segmenter = None
-        if "detector" in parts and cfg.prompts == "boxes":
+        if cfg.prompts == "everything":  # settings only: built with either part (Ray split mode: the segmenter's)
+            from annotator.everything import EverythingSource
+
+            detector = EverythingSource(cfg.everything)
+        elif "detector" in parts and cfg.prompts == "boxes":
             from annotator.prompts import LabelBoxSource
 
             detector = LabelBoxSource(cfg.prompt_labels, cfg.data if cfg.data.is_dir() else cfg.data.parent)
@@ -205,6 +209,15 @@ class Stages:
         n = len(prepared)
         hws = [p.image_hw for p in prepared]
         t0 = time.perf_counter()
+        if getattr(self.detector, "makes_masks", False):  # prompts: everything (annotator/everything.py)
+            if sam_inputs is None:
+                sam_inputs = np.stack([p.sam_input for p in prepared])
+            dets, outs = self.detector(self.segmenter, sam_inputs, hws)
+            secs = {"segment": (time.perf_counter() - t0) / n}
+            return [
+                InferredImage(p.item, p.image_hw, d, o, seconds={**p.seconds, **secs})
+                for p, d, o in zip(prepared, dets, outs)
+            ]
         if all(p.detections is not None for p in prepared):
             dets = [p.detections for p in prepared]  # detected by a separate step (Ray split mode)
             kept = [p.kept for p in prepared]
@@ -230,6 +243,8 @@ class Stages:
     def detect_only(self, inputs: Sequence[PreparedImage | ImageResult]) -> list[PreparedImage | ImageResult]:
         """[model thread] The detector step alone (Ray split mode): prepared images gain their detections and
         drop the detector input; a batch failing as a whole is re-run image by image."""
+        if getattr(self.detector, "makes_masks", False):
+            return list(inputs)  # prompts: everything runs on the segmenter's actor
         prepared = [x for x in inputs if isinstance(x, PreparedImage)]
         try:
             done = dict(zip(map(id, prepared), self._detected(prepared))) if prepared else {}

@@ -111,15 +111,18 @@ def labels_digest(folder: Path) -> str:
 
 
 def hash_weights(models: ResolvedModels, pinned: dict[str, str]) -> dict[str, str]:
-    """SHA-256 of both weight files; a file pinned in ``pinned`` (by file name or path) must match.
+    """SHA-256 of both weight files; a file pinned in ``pinned`` (by file name or path) must match. The detector's
+    stand-in digest (``models.det_sha256``, ``prompts: everything``) is taken as it is.
 
     Raises:
         WeightsHashMismatchError: before anything is loaded (loading unpickles code).
     """
     from annotator.errors import AnnotatorError
 
-    out = {}
+    out = {str(models.det_path): models.det_sha256} if models.det_sha256 else {}  # prompts: everything
     for path in (models.det_path, models.sam_path):
+        if str(path) in out:
+            continue
         digest = sha256_file(Path(path)) if not Path(path).is_dir() else labels_digest(Path(path))
         out[str(path)] = digest
         want = pinned.get(Path(path).name) or pinned.get(str(path))
