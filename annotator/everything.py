@@ -32,6 +32,7 @@ from collections.abc import Sequence
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from annotator import sam_ops
 from annotator.mask_upsample import LOWRES_PX, SAM_INPUT_PX, lowres_gain
 from annotator.records import Detections
 
@@ -230,44 +231,12 @@ def point_prompts(prompt_encoder, points_1024):
     padding point is added when there is no box), without its boolean indexing by label (a host sync on CUDA).
     Returns ``sparse (P, 2, C)`` and ``dense (P, C, 64, 64)``.
     """
-    import torch
-
-    pe = prompt_encoder
-    pts = points_1024.reshape(-1, 1, 2) + 0.5  # pixel centres, as _embed_points
-    pad = torch.zeros((pts.shape[0], 1, 2), dtype=pts.dtype, device=pts.device)
-    emb = pe.pe_layer.forward_with_coords(torch.cat([pts, pad], dim=1), pe.input_image_size)
-    emb[:, 1] = 0.0  # the padding point (label -1)
-    emb[:, 1] += pe.not_a_point_embed.weight[0]
-    emb[:, 0] += pe.point_embeddings[1].weight[0]  # foreground (label 1)
-    sparse = emb.to(pe.point_embeddings[0].weight.dtype)
-    h, w = pe.image_embedding_size
-    dense = pe.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(sparse.shape[0], -1, h, w)
-    return sparse, dense
+    return sam_ops.static_label_prompts(prompt_encoder, points_1024.reshape(-1, 1, 2), (1,))
 
 
 def decode_points(model, family: str, feats: list, j: int, points_1024):
     """Multimask decoder on ``(P, 2)`` points of image ``j``: ``(3P, 256, 256)`` logits and ``(3P,)`` predicted
     IoUs, point-major (the 3 masks of point 0 first), as Ultralytics' ``_inference_features(multimask_output=True)``."""
-    if family == "sam":
-        pe, dec = model.prompt_encoder, model.mask_decoder
-        sparse, dense = point_prompts(pe, points_1024)
-        masks, scores = dec(
-            image_embeddings=feats[0][j : j + 1],
-            image_pe=pe.get_dense_pe(),
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
-            multimask_output=True,
-        )
-        return masks.flatten(0, 1), scores.flatten(0, 1)
-    pe = model.sam_prompt_encoder
+    pe = model.prompt_encoder if family == "sam" else model.sam_prompt_encoder
     sparse, dense = point_prompts(pe, points_1024)
-    masks, scores, _, _ = model.sam_mask_decoder(
-        image_embeddings=feats[0][j : j + 1],
-        image_pe=pe.get_dense_pe(),
-        sparse_prompt_embeddings=sparse,
-        dense_prompt_embeddings=dense,
-        multimask_output=True,
-        repeat_image=True,
-        high_res_features=[f[j : j + 1] for f in feats[1:]],
-    )
-    return masks.flatten(0, 1), scores.flatten(0, 1)
+    return sam_ops.decode_embedded(model, family, feats, sparse, dense, j=j, multimask=True)

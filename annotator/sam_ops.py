@@ -74,16 +74,29 @@ def sam2_box_prompts(prompt_encoder, boxes_1024):
     rows are indexed statically. Returns ``sparse (N, 3, C)`` (two corners + the padding point) and
     ``dense (N, C, 64, 64)``.
     """
+    return static_label_prompts(prompt_encoder, boxes_1024.reshape(-1, 2, 2), (2, 3))
+
+
+def static_label_prompts(prompt_encoder, points_1024, labels: tuple[int, ...]):
+    """The prompt embedding of ``(N, K, 2)`` points (input-frame pixels) whose ``K`` labels are the same for every
+    prompt (``(2, 3)``: a box's corners; ``(1,)``: one click on the object), plus SAM's padding point.
+
+    Equal, bit for bit, to ``prompt_encoder(points=(points, [labels] * N), boxes=None, masks=None)`` (SAM, SAM 2,
+    MobileSAM), but the labels index rows statically instead of by a boolean mask (``emb[labels == k] += ...``
+    reads the labels back on the host: a device sync on CUDA). Returns ``sparse (N, K + 1, C)`` and
+    ``dense (N, C, 64, 64)``.
+    """
     import torch
 
     pe = prompt_encoder
-    pts = boxes_1024.reshape(-1, 2, 2) + 0.5  # pixel centres, as _embed_points
+    pts = points_1024 + 0.5  # pixel centres, as _embed_points
+    k = pts.shape[1]
     pad = torch.zeros((pts.shape[0], 1, 2), dtype=pts.dtype, device=pts.device)
     emb = pe.pe_layer.forward_with_coords(torch.cat([pts, pad], dim=1), pe.input_image_size)
-    emb[:, 2] = 0.0  # the padding point (label -1)
-    emb[:, 2] += pe.not_a_point_embed.weight[0]
-    emb[:, 0] += pe.point_embeddings[2].weight[0]  # top-left corner (label 2)
-    emb[:, 1] += pe.point_embeddings[3].weight[0]  # bottom-right corner (label 3)
+    emb[:, k] = 0.0  # the padding point (label -1)
+    emb[:, k] += pe.not_a_point_embed.weight[0]
+    for i, label in enumerate(labels):
+        emb[:, i] += pe.point_embeddings[label].weight[0]
     sparse = emb.to(pe.point_embeddings[0].weight.dtype)
     h, w = pe.image_embedding_size
     dense = pe.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(sparse.shape[0], -1, h, w)
@@ -129,30 +142,13 @@ def decode_one_image(model, family: str, feats: list, j: int, boxes_1024, *, ref
     m = model
     if family == "sam":
         sparse, dense = m.prompt_encoder(points=None, boxes=boxes_1024, masks=None)
-        masks, scores = m.mask_decoder(
-            image_embeddings=feats[0][j : j + 1],
-            image_pe=m.prompt_encoder.get_dense_pe(),
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
-            multimask_output=False,
-        )
-        return masks.flatten(0, 1), scores.flatten(0, 1)
-    if reference:
+    elif reference:
         pts = boxes_1024.view(-1, 2, 2)
         labels = torch.tensor([[2, 3]], dtype=torch.int32, device=pts.device).expand(pts.shape[0], -1)
         sparse, dense = m.sam_prompt_encoder(points=(pts, labels), boxes=None, masks=None)
     else:
         sparse, dense = sam2_box_prompts(m.sam_prompt_encoder, boxes_1024)
-    masks, scores, _, _ = m.sam_mask_decoder(
-        image_embeddings=feats[0][j : j + 1],
-        image_pe=m.sam_prompt_encoder.get_dense_pe(),
-        sparse_prompt_embeddings=sparse,
-        dense_prompt_embeddings=dense,
-        multimask_output=False,
-        repeat_image=boxes_1024.shape[0] > 1,
-        high_res_features=[f[j : j + 1] for f in feats[1:]],
-    )
-    return masks.flatten(0, 1), scores.flatten(0, 1)
+    return decode_embedded(m, family, feats, sparse, dense, j=j)
 
 
 def embed_prompts(model, family: str, boxes_1024, box_used: bool, points_1024, point_labels, masks_256):
@@ -185,17 +181,20 @@ def embed_prompts(model, family: str, boxes_1024, box_used: bool, points_1024, p
     return model.sam_prompt_encoder(points=(pts, lab), boxes=None, masks=masks_256)
 
 
-def decode_embedded(model, family: str, feats: list, sparse, dense, *, img_idx=None, j: int | None = None):
+def decode_embedded(
+    model, family: str, feats: list, sparse, dense, *, img_idx=None, j: int | None = None, multimask: bool = False
+):
     """The mask decoder on embedded prompts: with image ``j``'s features broadcast (Ultralytics' per-image call),
     or each prompt with its own image's features gathered by ``img_idx`` (SAM 2's batched call).
-    Returns ``(n, 256, 256)`` logits and ``(n,)`` scores."""
+    Returns ``(n, 256, 256)`` logits and ``(n,)`` scores; with ``multimask``, SAM's 3 masks per prompt,
+    prompt-major: ``(3n, 256, 256)`` and ``(3n,)``."""
     if family == "sam":
         masks, scores = model.mask_decoder(
             image_embeddings=feats[0][j : j + 1],
             image_pe=model.prompt_encoder.get_dense_pe(),
             sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense,
-            multimask_output=False,
+            multimask_output=multimask,
         )
         return masks.flatten(0, 1), scores.flatten(0, 1)
     if j is not None:
@@ -209,7 +208,7 @@ def decode_embedded(model, family: str, feats: list, sparse, dense, *, img_idx=N
         image_pe=model.sam_prompt_encoder.get_dense_pe(),
         sparse_prompt_embeddings=sparse,
         dense_prompt_embeddings=dense,
-        multimask_output=False,
+        multimask_output=multimask,
         repeat_image=repeat,
         high_res_features=high,
     )
