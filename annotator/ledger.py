@@ -124,6 +124,8 @@ def instances_to_json(instances: Iterable[PolygonInstance]) -> str:
         }
         if i.track_id is not None:  # video frames only: images' rows stay as they were
             d["t"] = int(i.track_id)
+        if i.attributes is not None:  # prompts: boxes from COCO labels with extra fields
+            d["at"] = i.attributes
         out.append(d)
     return json.dumps(out, separators=(",", ":"), allow_nan=False)
 
@@ -142,6 +144,7 @@ def instances_from_json(text: str | None) -> tuple[PolygonInstance, ...]:
             bbox_xywh_px=tuple(d["b"]),
             rle=d["r"],
             track_id=d.get("t"),
+            attributes=d.get("at"),
         )
         for d in json.loads(text)
     )

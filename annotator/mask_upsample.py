@@ -176,6 +176,7 @@ class MaskFinisher:
                     sam_score=float(scores[k]),
                     mask=crop,
                     det_index=k,
+                    attributes=det.attributes[k] if det.attributes is not None else None,
                 )
             )
         return instances

@@ -281,6 +281,7 @@ class Polygonizer:
                     area_px=inst.mask.area_px,
                     bbox_xywh_px=inst.mask.bbox_xywh_px,
                     rle=mask_to_rle(inst.mask) if self.with_rle else None,
+                    attributes=inst.attributes,
                 )
             )
         return out

@@ -10,7 +10,9 @@ fully segmented. The class of every object carries over; the class names come fr
   file is an image without objects.
 * COCO file: images matched by ``file_name`` = the image's path relative to ``data``; an annotation with a
   polygon ``segmentation`` is kept, one with only a ``bbox`` (or an empty segmentation) is a prompt.
-  Category ids map to class ids ``0..n-1`` in id order.
+  Category ids map to class ids ``0..n-1`` in id order. An annotation's other fields (``attributes``,
+  ``occluded``, a source id...) are carried to the output COCO annotation of the same object (ours win on a
+  name clash: ``score``, ``sam_score``); YOLO rows have none.
 
 Kept polygons get ``det_conf = sam_score = 1.0`` (human labels). Boxes are prompts in pixels of the image.
 
@@ -69,15 +71,17 @@ class LabelBoxSource:
         """The prompts of one image (``rel_path`` relative to ``data``; ``image_hw`` its upright size)."""
         rows = self._coco_rows(rel_path) if self._coco is not None else self._yolo_rows(rel_path, image_hw)
         boxes, kept = [], []
-        for class_id, kind, values in rows:
+        for class_id, kind, values, extra in rows:
             if kind == "box":
-                boxes.append((class_id, values))
+                boxes.append((class_id, values, extra))
             else:
-                kept.append(_polygon_instance(class_id, values, image_hw))
+                kept.append(_polygon_instance(class_id, values, image_hw, extra))
         if not boxes:
             return LabelPrompts(Detections.empty(), tuple(kept))
-        xyxy = np.asarray([b for _, b in boxes], np.float32).reshape(-1, 4)
-        dets = Detections(xyxy, np.asarray([c for c, _ in boxes], np.int64), np.ones(len(boxes), np.float32))
+        xyxy = np.asarray([b for _, b, _ in boxes], np.float32).reshape(-1, 4)
+        extras = tuple(e for _, _, e in boxes)
+        dets = Detections(xyxy, np.asarray([c for c, _, _ in boxes], np.int64), np.ones(len(boxes), np.float32),
+                          attributes=extras if any(e is not None for e in extras) else None)  # fmt: skip
         return LabelPrompts(dets, tuple(kept))
 
     def _yolo_rows(self, rel_path: str, image_hw: tuple[int, int]) -> list:
@@ -96,9 +100,9 @@ class LabelBoxSource:
                 raise ConfigError(f"{path}:{n}: not a YOLO label row ({line[:60]!r})") from None
             if len(v) == 4:
                 cx, cy, bw, bh = v * (w, h, w, h)
-                rows.append((c, "box", [cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2]))
+                rows.append((c, "box", [cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], None))
             elif len(v) >= 6 and len(v) % 2 == 0:
-                rows.append((c, "polygon", [v.reshape(-1, 2) * (w, h)]))
+                rows.append((c, "polygon", [v.reshape(-1, 2) * (w, h)], None))
             else:
                 raise ConfigError(f"{path}:{n}: a row holds 4 box values or >= 3 x,y points, got {len(v)} values")
         return rows
@@ -107,9 +111,11 @@ class LabelBoxSource:
         return self._coco["by_file"].get(rel_path, [])
 
 
-def _polygon_instance(class_id: int, parts: list[np.ndarray], image_hw: tuple[int, int]) -> PolygonInstance:
+def _polygon_instance(
+    class_id: int, parts: list[np.ndarray], image_hw: tuple[int, int], attributes: dict | None = None
+) -> PolygonInstance:
     """A kept polygon row: its parts in pixels (largest first, as the polygonizer orders them), area by the
-    shoelace formula, box of the vertices."""
+    shoelace formula, box of the vertices; a COCO annotation's extra fields carried as ``attributes``."""
 
     def area(xy: np.ndarray) -> float:
         return 0.5 * abs(float(np.dot(xy[:, 0], np.roll(xy[:, 1], 1)) - np.dot(xy[:, 1], np.roll(xy[:, 0], 1))))
@@ -118,7 +124,8 @@ def _polygon_instance(class_id: int, parts: list[np.ndarray], image_hw: tuple[in
     allxy = np.concatenate(parts)
     (x0, y0), (x1, y1) = allxy.min(axis=0), allxy.max(axis=0)
     box = (float(x0), float(y0), float(x1 - x0), float(y1 - y0))
-    return PolygonInstance(int(class_id), 1.0, 1.0, parts, int(round(sum(map(area, parts)))), box)
+    return PolygonInstance(int(class_id), 1.0, 1.0, parts, int(round(sum(map(area, parts)))), box,
+                           attributes=attributes)  # fmt: skip
 
 
 def _yaml_names(labels_dir: Path) -> dict[int, str]:
@@ -145,6 +152,11 @@ def _numbered_names(labels_dir: Path) -> dict[int, str]:
     return {i: f"class{i}" for i in range(top + 1)}
 
 
+#: the fields of a COCO annotation the tool writes itself; any other (``attributes``, ``occluded``, a source id...)
+#: is carried to the output annotation of the same object
+_COCO_ANNOTATION_KEYS = frozenset({"id", "image_id", "category_id", "segmentation", "area", "bbox", "iscrowd"})
+
+
 def _load_coco(path: Path) -> dict:
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
@@ -157,11 +169,12 @@ def _load_coco(path: Path) -> dict:
     for a in doc.get("annotations", []):
         rel = os.path.normpath(images[a["image_id"]]).replace(os.sep, "/")
         c = cat_to_class[a["category_id"]]
+        extra = {k: v for k, v in a.items() if k not in _COCO_ANNOTATION_KEYS} or None
         seg = a.get("segmentation")
         parts = [np.asarray(p, np.float64).reshape(-1, 2) for p in seg if len(p) >= 6] if isinstance(seg, list) else []
         if parts:  # one object in one or several parts (COCO polygons carry no holes)
-            by_file.setdefault(rel, []).append((c, "polygon", parts))
+            by_file.setdefault(rel, []).append((c, "polygon", parts, extra))
         elif a.get("bbox"):
             x, y, w, h = a["bbox"]
-            by_file.setdefault(rel, []).append((c, "box", [x, y, x + w, y + h]))
+            by_file.setdefault(rel, []).append((c, "box", [x, y, x + w, y + h], extra))
     return {"names": {k: str(c["name"]) for k, c in enumerate(cats)}, "by_file": by_file}

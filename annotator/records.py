@@ -84,6 +84,8 @@ class Detections:
         box_is_prompt: ``(N,)`` bool: False where ``xyxy_px`` is *not* a prompt (a point-only object: its
             ``xyxy_px`` is the box of its points, replaced by the mask's box once segmented).
         det_masks: the detector's own masks (a ``-seg`` detector), one :class:`MaskCrop` per object, or None.
+        attributes: per object, the extra fields of the label it came from (``prompts: boxes`` from COCO: its
+            ``attributes`` and any non-standard keys), carried to the COCO output; or None.
 
     Example:
         >>> d = Detections(np.array([[0, 0, 9, 9]], np.float32), np.array([2]), np.ones(1, np.float32),
@@ -99,6 +101,7 @@ class Detections:
     point_labels: np.ndarray | None = None
     box_is_prompt: np.ndarray | None = None
     det_masks: tuple[MaskCrop, ...] | None = None
+    attributes: tuple[dict | None, ...] | None = None
 
     def __post_init__(self) -> None:
         n = len(self.class_ids)
@@ -120,6 +123,8 @@ class Detections:
             raise ValueError(f"Detections: box_is_prompt has shape {self.box_is_prompt.shape}, expected ({n},)")
         if self.det_masks is not None and len(self.det_masks) != n:
             raise ValueError(f"Detections: {len(self.det_masks)} det_masks for {n} objects")
+        if self.attributes is not None and len(self.attributes) != n:
+            raise ValueError(f"Detections: {len(self.attributes)} attributes for {n} objects")
 
     def n_points(self) -> np.ndarray:
         """``(N,)`` int: real (non-padding) points of each object (zeros without point prompts)."""
@@ -204,6 +209,7 @@ class Instance:
         sam_score: the segmenter's own quality score for this mask (predicted IoU).
         mask: the mask as a tight crop.
         det_index: position of the detection in the detector's output for this image (for tracing).
+        attributes: the extra fields of the label this object came from (see :class:`Detections`), or None.
     """
 
     class_id: int
@@ -212,6 +218,7 @@ class Instance:
     sam_score: float
     mask: MaskCrop
     det_index: int
+    attributes: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -226,6 +233,7 @@ class PolygonInstance:
         bbox_xywh_px: tight box of the mask pixels.
         rle: COCO RLE ``{"size": [H, W], "counts": str}`` of the mask, or None when not requested.
         track_id: the object's id within its video (video frames only; None for images).
+        attributes: extra COCO fields carried from the prompt label (``prompts: boxes``), or None.
     """
 
     class_id: int
@@ -236,6 +244,7 @@ class PolygonInstance:
     bbox_xywh_px: tuple[float, float, float, float]
     rle: dict | None = None
     track_id: int | None = None
+    attributes: dict | None = None
 
 
 @dataclass(frozen=True)

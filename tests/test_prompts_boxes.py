@@ -87,6 +87,8 @@ def test_coco_boxes_and_polygons_as_prompts(tmp_path, sam2_t_ckpt):
     for k, a in enumerate(doc["annotations"]):
         x, y, w, h = a["bbox"]
         a["segmentation"] = [[x, y, x + w, y, x + w, y + h, x, y + h]] if k % 2 else []  # polygon or box only
+        a["attributes"], a["source_id"] = {"occluded": k % 3 == 0, "note": f"object {k}"}, k  # carried over
+        a["score"] = -1.0  # a clash: ours wins
     coco = tmp_path / "boxes.json"
     coco.write_text(json.dumps(doc))
     cfg = make_config(data=root / "images", prompts="boxes", prompt_labels=coco, sam_model=str(sam2_t_ckpt),
@@ -103,6 +105,14 @@ def test_coco_boxes_and_polygons_as_prompts(tmp_path, sam2_t_ckpt):
         assert any(len(b["segmentation"][0]) == len(want) and np.allclose(b["segmentation"][0], want, atol=0.01)
                    for b in mine), fn  # fmt: skip
     assert len(out["annotations"]) <= len(doc["annotations"]) and len(out["annotations"]) > len(kept)
+    by_source = {a["source_id"]: a for a in doc["annotations"]}
+    for b in out["annotations"]:  # every object keeps its own label's extra fields, whatever was dropped
+        a = by_source[b["source_id"]]
+        assert b["attributes"] == a["attributes"] and b["category_id"] == a["category_id"] and b["score"] >= 0
+    assert {a["source_id"] for a in kept} <= {b["source_id"] for b in out["annotations"]}
+    from pycocotools.coco import COCO
+
+    COCO(str(s.coco_json))  # still a COCO file
 
 
 def test_same_masks_as_ultralytics_sam_with_bboxes(tmp_path, sam2_t_ckpt):

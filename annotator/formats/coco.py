@@ -237,6 +237,8 @@ def instances_to_coco_annotations(
         )
         if inst.track_id is not None:  # video frames: the object's id within its video
             anns[-1]["track_id"] = int(inst.track_id)
+        for key, value in (inst.attributes or {}).items():  # carried from a COCO prompt label; ours win
+            anns[-1].setdefault(key, value)
         next_id += 1
     return anns
 
