@@ -132,6 +132,8 @@ def _add_annotate_args(p: argparse.ArgumentParser) -> None:
                    help="mask IoU for a keyframe detection to refresh a track (default 0.5)")
     v.add_argument("--track-max-missing", dest="track_max_missing", type=int, default=S,
                    help="keyframes in a row without a mask before a track ends (default 3)")
+    v.add_argument("--track-max-unconfirmed", dest="track_max_unconfirmed", type=int, default=S,
+                   help="keyframes in a row with a mask no detection matches before a track ends (default: never)")
     j = p.add_argument_group("scheduled jobs")
     j.add_argument("--hash-inputs", dest="hash_inputs", action="store_true", default=S, help="detect changes by content SHA-256")
     j.add_argument("--keep-deleted", dest="keep_deleted", action="store_true", default=S, help="keep labels of deleted inputs")

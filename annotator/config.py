@@ -156,6 +156,10 @@ class AnnotateConfig(BaseModel):
     track_max_missing: int = Field(
         3, ge=1, description="videos: a track ends after this many keyframes in a row without a mask"
     )
+    track_max_unconfirmed: int | None = Field(
+        None, ge=1, description="videos: a track ends after this many keyframes in a row with a mask that no "
+        "detection matches (drift, a false start); None: a visible track lives on, as in SAM 2"
+    )
     hash_inputs: bool = Field(False, description="decide 'modified' by content SHA-256 instead of size + mtime")
     keep_deleted: bool = Field(False, description="keep the labels of inputs that were deleted since the last run")
     weights_sha256: dict[str, str] = Field(

@@ -139,6 +139,23 @@ def test_detector_miss_keeps_a_visible_track():
     assert tr.book.live_ids() == [1] and list(tr.follows) == [1]
 
 
+def test_max_unconfirmed_ends_a_visible_track_no_detection_matches():
+    """With ``max_unconfirmed=3``, A (missed on keyframes 2-3 only) lives on; B (never detected after its start:
+    a false start or drift) ends ``unconfirmed`` on its third unconfirmed keyframe and its id is not reused."""
+    frames = scene(8, [dict(name="A", x0=30, y0=40, vx=2, vy=1, r=12), dict(name="B", x0=110, y0=30, vx=0, vy=2, r=8)])
+    tr = OracleTracker(match_iou=0.5, max_missing=2, max_unconfirmed=3)
+    ended_at = {}
+    for f, vis in enumerate(frames):
+        skip = ("A", "B") if f in (2, 3) else ("B",) if f > 0 else ()
+        plan, _ = tr.keyframe(vis, {"A": 0, "B": 1}, skip=skip)
+        ended_at.update({t: f for t in plan.lost})
+    assert ended_at == {2: 3} and tr.book.live_ids() == [1]  # B: unconfirmed on frames 1, 2, 3
+    s = {x.track_id: x for x in tr.book.summaries()}
+    assert s[2].ended == "unconfirmed" and s[1].ended == "video_end"
+    with pytest.raises(ValueError, match="max_unconfirmed"):
+        TrackBook(max_unconfirmed=0)
+
+
 def test_class_vote_ties_go_to_the_earliest():
     frames = scene(6, [dict(name="A", x0=40, y0=40, vx=1, vy=0, r=12)])
     tr = OracleTracker(match_iou=0.5, max_missing=3)

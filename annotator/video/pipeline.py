@@ -84,7 +84,8 @@ def video_fingerprint(cfg, model_fp: str, output_fp: str, tracker_name: str) -> 
 
     doc = {"model_fp": model_fp, "output_fp": output_fp, "frame_stride": cfg.frame_stride,
            "keyframe_interval": cfg.keyframe_interval, "tracker": tracker_name,
-           "track_match_iou": cfg.track_match_iou, "track_max_missing": cfg.track_max_missing}  # fmt: skip
+           "track_match_iou": cfg.track_match_iou, "track_max_missing": cfg.track_max_missing,
+           "track_max_unconfirmed": cfg.track_max_unconfirmed}  # fmt: skip
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:32]
 
 
@@ -119,6 +120,7 @@ def make_tracker(cfg, models) -> VideoTracker:
         half=cfg.half,
         match_iou=cfg.track_match_iou,
         max_missing=cfg.track_max_missing,
+        max_unconfirmed=cfg.track_max_unconfirmed,
         trust=cfg.trust_weights,
     )
 

@@ -106,6 +106,8 @@ class SAM2Tracker:
         match_iou: mask IoU at which a detection refreshes a track (greedy matching, see
             :mod:`annotator.video.matching`).
         max_missing: consecutive keyframes without a mask after which a track ends ``"lost"``.
+        max_unconfirmed: consecutive keyframes with a mask but no matching detection after which a track ends
+            ``"unconfirmed"``; None (default): a visible track lives on, as in SAM 2.
         max_cond_frames: conditioning (prompted) frames each track keeps, the latest ones (``>= 1``).
         non_overlap: each pixel to one object at most (the highest logit), as Ultralytics' video predictor.
         video_frames: the number of frames the tracker will be fed, when known. SAM 2 scales its object-pointer
@@ -126,6 +128,7 @@ class SAM2Tracker:
         half: bool = False,
         match_iou: float = 0.5,
         max_missing: int = 3,
+        max_unconfirmed: int | None = None,
         max_cond_frames: int = 4,
         non_overlap: bool = True,
         video_frames: int | None = None,
@@ -150,7 +153,7 @@ class SAM2Tracker:
         self.max_cond_frames = int(max_cond_frames)
         self.non_overlap = bool(non_overlap)
         self.video_frames = video_frames
-        self.book = TrackBook(match_iou=float(match_iou), max_missing=int(max_missing))
+        self.book = TrackBook(match_iou=float(match_iou), max_missing=int(max_missing), max_unconfirmed=max_unconfirmed)
         self._autocast_dtype = torch.bfloat16 if (half and self.device.type == "cuda") else None
         self._mean, self._std = sam_ops.mean_std(self.device)
         self._threshold = float(getattr(self.model, "mask_threshold", 0.0))

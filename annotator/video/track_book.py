@@ -12,7 +12,9 @@ Rules:
 * an unmatched detection starts a new track (its first vote);
 * an unmatched track whose mask is empty (absent) on the keyframe counts one miss; after ``max_missing``
   consecutive missed keyframes it ends as ``"lost"`` and gets no more frames; an unmatched track that is
-  still visible keeps living (its miss count back to 0: the detector just missed it);
+  still visible keeps living (its miss count back to 0: the detector just missed it), unless
+  ``max_unconfirmed`` is set: after that many consecutive keyframes visible but matched by no detection it ends
+  as ``"unconfirmed"`` (SAM 2 holding on to something the detector does not see: drift, a false start);
 * the class is the vote's winner, ties to the class voted first.
 
 Example:
@@ -44,7 +46,8 @@ class KeyframePlan:
     Attributes:
         matched: ``(track_id, det_index)`` pairs: the detection refreshes that live track.
         new: ``(track_id, det_index)``: a new track started from that detection (ids just given).
-        lost: ids of the tracks that ended here (``max_missing`` consecutive keyframes without a mask).
+        lost: ids of the tracks that ended here (``max_missing`` consecutive keyframes without a mask, or
+            ``max_unconfirmed`` visible but unconfirmed).
     """
 
     matched: tuple[tuple[int, int], ...] = ()
@@ -63,6 +66,7 @@ class _Track:
     class_votes: dict[int, int]  # insertion order = voting order (ties -> the earliest)
     det_conf: float
     missing: int = 0
+    unconfirmed: int = 0
     ended: str | None = None
     first_frame: int = -1
     last_frame: int = -1
@@ -74,6 +78,7 @@ class _Track:
         self.class_votes[class_id] = self.class_votes.get(class_id, 0) + 1
         self.det_conf = det_conf
         self.missing = 0
+        self.unconfirmed = 0
 
     @property
     def class_id(self) -> int:
@@ -88,10 +93,13 @@ class TrackBook:
     Args:
         match_iou: a detection refreshes a track at mask IoU ``>=`` this (``(0, 1]``).
         max_missing: consecutive keyframes without a mask after which a track ends (``>= 1``).
+        max_unconfirmed: consecutive keyframes with a mask but no matching detection after which a track ends
+            ``"unconfirmed"`` (``>= 1``), or None: a visible track lives on (SAM 2's own behaviour).
     """
 
     match_iou: float = 0.5
     max_missing: int = 3
+    max_unconfirmed: int | None = None
     _tracks: dict[int, _Track] = field(default_factory=dict, init=False, repr=False)
     _next_id: int = field(default=1, init=False, repr=False)
 
@@ -100,6 +108,8 @@ class TrackBook:
             raise ValueError(f"match_iou must be in (0, 1], got {self.match_iou}")
         if int(self.max_missing) < 1:
             raise ValueError(f"max_missing must be >= 1, got {self.max_missing}")
+        if self.max_unconfirmed is not None and int(self.max_unconfirmed) < 1:
+            raise ValueError(f"max_unconfirmed must be >= 1 or None, got {self.max_unconfirmed}")
 
     def reset(self) -> None:
         """Forget every track; ids restart at 1 (a new video)."""
@@ -157,8 +167,12 @@ class TrackBook:
             seen = bool(present[t]) if present is not None else bool(np.asarray(track_masks[t]).any())
             tr = self._tracks[t]
             tr.missing = 0 if seen else tr.missing + 1
+            tr.unconfirmed = tr.unconfirmed + 1 if seen else 0
             if tr.missing >= self.max_missing:
                 tr.ended = "lost"
+                lost.append(t)
+            elif self.max_unconfirmed is not None and tr.unconfirmed >= self.max_unconfirmed:
+                tr.ended = "unconfirmed"
                 lost.append(t)
         new = []
         for c in range(len(detections)):

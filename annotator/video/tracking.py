@@ -53,7 +53,8 @@ class TrackSummary:
         first_frame / last_frame: frame indices (source numbering) where the track had a mask.
         frames: how many processed frames the track had a mask on.
         mean_det_conf / mean_sam_score: means over those.
-        ended: why it ended: ``"lost"`` (no mask for ``max_missing`` keyframes) or ``"video_end"``.
+        ended: why it ended: ``"lost"`` (no mask for ``max_missing`` keyframes), ``"unconfirmed"`` (a mask but no
+            matching detection for ``max_unconfirmed`` keyframes, when set) or ``"video_end"``.
     """
 
     track_id: int
