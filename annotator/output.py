@@ -271,16 +271,23 @@ class DatasetWriter:
             if not self._labelled(it.rel_path):
                 continue
             label = yolo_label_relpath(it.rel_path)
-            kept = [
-                inst for inst in instances_from_json(r.result_json)
-                if len(polygons_to_yolo_xy(inst.polygons_xy_px, multipart=self.cfg.multipart)) >= 3
-            ]  # fmt: skip
-            for k, inst in enumerate(kept):
-                name = self.names.get(inst.class_id, f"class{inst.class_id}")
-                w.writerow([it.rel_path, label, k, inst.class_id, name, f"{inst.det_conf:.6f}", f"{inst.sam_score:.6f}"])
+            self._score_rows(w, it.rel_path, label, instances_from_json(r.result_json))
+        for f in self._video_frames():  # then every frame of the finished videos, as in the COCO JSON
+            label = Path(os.path.relpath(f.label_path, self.labels)).as_posix()
+            self._score_rows(w, f.coco_file_name, label, f.instances)
         atomic_write_text(path, buf.getvalue(), root=self.out)
         if self.ledger.meta("scores_csv") != "1":
             self.ledger.set_meta("scores_csv", "1")
+
+    def _score_rows(self, w, image: str, label: str, instances) -> None:
+        """The ``scores.csv`` lines of one label file: one per YOLO row, rows counted as the label writer keeps them."""
+        kept = [
+            inst for inst in instances
+            if len(polygons_to_yolo_xy(inst.polygons_xy_px, multipart=self.cfg.multipart)) >= 3
+        ]  # fmt: skip
+        for k, inst in enumerate(kept):
+            name = self.names.get(inst.class_id, f"class{inst.class_id}")
+            w.writerow([image, label, k, inst.class_id, name, f"{inst.det_conf:.6f}", f"{inst.sam_score:.6f}"])
 
     def _write_coco(self, done) -> None:
         info = {"description": f"annotator: {self.cfg.det_model} boxes -> {self.cfg.sam_model} masks"}

@@ -7,6 +7,7 @@ stand-in. Images go through the normal pipeline (random SAM 2 weights: masks are
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
@@ -93,7 +94,8 @@ def test_videos_are_labelled_beside_images(tree, tmp_path, shapes_detector, sam2
     data, a, b, cut = tree
     out = tmp_path / "out"
     tracker, det = ByShapeTracker([a, b, cut], wrong_class_frames=4), CountingDetector()
-    s = _run(data, out, shapes_detector, sam2_t_ckpt, tracker, det, format="both", frame_stride=2, keyframe_interval=3)
+    s = _run(data, out, shapes_detector, sam2_t_ckpt, tracker, det, format="both", frame_stride=2, keyframe_interval=3,
+             save_conf=True)  # fmt: skip
 
     # the image is labelled as before; every video has a status, the bad ones with a one-line reason
     assert s.images_seen == 1 and s.annotated + s.empty == 1
@@ -135,6 +137,29 @@ def test_videos_are_labelled_beside_images(tree, tmp_path, shapes_detector, sam2
     for im in frames:
         rows = (out / "labels" / im["video"] / f"{im['frame_index']:06d}.txt").read_text().splitlines()
         assert sorted(int(r.split()[0]) for r in rows) == sorted(ann["category_id"] - 1 for ann in coco.imgToAnns[im["id"]])
+
+    # scores.csv: one line per label row of every label file, frames included (after the images, as in COCO)
+    with open(s.scores_csv, newline="") as fh:
+        scores = list(csv.DictReader(fh))
+    frame_rows = [r for r in scores if r["image"].startswith(("clips/", "bad/"))]
+    assert len(frame_rows) == sum(len(coco.imgToAnns[im["id"]]) for im in frames) > 0
+    for r in frame_rows[:40]:
+        rows = (out / "labels" / r["label_file"]).read_text().splitlines()
+        assert r["label_file"] == r["image"][: -len(".jpg")] + ".txt" and rows[int(r["row"])].split()[0] == r["class_id"]
+        assert 0.0 <= float(r["det_conf"]) <= 1.0
+
+    # eval reads the frames back: our COCO as ground truth with one frame's objects removed -> only it disagrees
+    from annotator.evaluate import evaluate
+    from annotator.finished import open_finished
+
+    gt = json.loads(s.coco_json.read_text())
+    dropped = next(im for im in frames if len(coco.imgToAnns[im["id"]]) >= 2)
+    gt["annotations"] = [a for a in gt["annotations"] if a["image_id"] != dropped["id"]]
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    rep = evaluate(open_finished(out), tmp_path / "gt.json")
+    assert rep.images_matched == 26 + n_cut and rep.gt_images_unmatched == []
+    assert rep.disagreements[0]["rel_path"] == dropped["file_name"] and rep.disagreements[0]["f1"] == 0.0
+    assert all(d["f1"] == 1.0 for d in rep.disagreements[1:])
 
     # tracks summary per video
     doc = json.loads((out / "tracks" / "clips" / "a.avi.json").read_text())
@@ -197,12 +222,16 @@ def test_sibling_layout_with_the_real_detector_trains_as_is(tmp_path, shapes_det
     write_images(images, [7], sub=False)
     v = write_shapes_video(images / "v.mkv", n_frames=12, image_hw=(160, 160))
     tracker = ByShapeTracker([v])
-    s = run(cfg_for(images, None, shapes_detector, sam2_t_ckpt, sam_min_score=0.0, keyframe_interval=4),
+    s = run(cfg_for(images, None, shapes_detector, sam2_t_ckpt, sam_min_score=0.0, keyframe_interval=4, save_conf=True),
             engine_options={"video_tracker_factory": factory_of(tracker)})  # fmt: skip
     assert _statuses(s) == {"v.mkv": "ok"} and s.output_dir == tmp_path / "ds" / "labels"
     assert tracker.by_hw[v.image_hw].detections_seen == 3  # frames 0, 4, 8 through the shapes detector
     frames = sorted((s.output_dir / "video_frames" / "images" / "v.mkv").glob("*.jpg"))
     assert len(frames) == 12 and not any(p.suffix == ".jpg" for p in images.rglob("*") if p.parent != images)
+    with open(s.output_dir / "scores.csv", newline="") as fh:  # save_conf: frame label files relative to labels
+        frame_rows = [r for r in csv.DictReader(fh) if r["image"].startswith("v.mkv/")]
+    assert frame_rows and all((s.output_dir / r["label_file"]).is_file() for r in frame_rows)
+    assert frame_rows[0]["label_file"].startswith("video_frames/labels/v.mkv/")
     listed = (s.output_dir / "labelled_images.list").read_text().splitlines()
     assert len(listed) == 13 and str(frames[0]) in listed
     files, results, _ = ultralytics_dataset(s.data_yaml)

@@ -26,13 +26,15 @@ class VideoFrameOutput:
 
     Attributes:
         video: the video's path relative to ``data``; frame_index: source frame number (from 0).
-        image_path: the frame's JPEG (absolute); coco_file_name: its COCO ``file_name``.
+        image_path: the frame's JPEG (absolute); label_path: its YOLO label file (absolute; written only when
+            the run writes YOLO); coco_file_name: its COCO ``file_name``.
         image_hw: ``(H, W)`` of the frame; instances: with ``track_id`` and the track's final class.
     """
 
     video: str
     frame_index: int
     image_path: Path
+    label_path: Path
     coco_file_name: str
     image_hw: tuple[int, int]
     instances: tuple[PolygonInstance, ...]
@@ -56,6 +58,7 @@ def frames_in(layout: VideoLayout, ledger, videos: Sequence[str]) -> Iterator[Vi
                 video=rel,
                 frame_index=frame_index,
                 image_path=layout.frame_path(rel, frame_index).absolute(),
+                label_path=layout.label_path(rel, frame_index).absolute(),
                 coco_file_name=layout.coco_file_name(rel, frame_index),
                 image_hw=row.image_hw,
                 instances=tuple(with_final_class(i, final) for i in insts),
