@@ -101,6 +101,10 @@ def _add_annotate_args(p: argparse.ArgumentParser) -> None:
                     help="prompts boxes: YOLO labels folder or COCO .json (default: labels/ beside data)")  # fmt: skip
     pr.add_argument("--prompt-points", dest="prompt_points", default=S,
                     help="prompts points: JSON file of points per image and object (README 'Prompt sources')")  # fmt: skip
+    pr.add_argument("--points-per-side", dest="everything_points_per_side", type=int, default=S,
+                    help="prompts everything: n x n point grid (default 32; everything: section for the rest)")  # fmt: skip
+    pr.add_argument("--everything-class", dest="everything_class_name", default=S,
+                    help="prompts everything: the one class name (default object)")  # fmt: skip
     pr.add_argument("--detector-masks", dest="detector_masks", choices=["ignore", "prompt", "keep_better"], default=S,
                     help="a -seg detector's masks: ignore (default), SAM mask prompt, or keep_better")  # fmt: skip
     o = p.add_argument_group("output")
@@ -173,6 +177,10 @@ def _settings(ns: argparse.Namespace) -> dict[str, Any]:
     settings.update({k: v for k, v in vars(ns).items() if k not in cli_only})
     if "ray_address" in settings:  # --address: the one Ray setting with a flag; the rest live in ray: (YAML)
         settings["ray"] = {**(settings.get("ray") or {}), "address": settings.pop("ray_address")}
+    for flag in ("everything_points_per_side", "everything_class_name"):  # flags into the everything: section
+        if flag in settings:
+            key = flag.removeprefix("everything_")
+            settings["everything"] = {**(settings.get("everything") or {}), key: settings.pop(flag)}
     if isinstance(settings.get("weights_sha256"), list):
         pins = {}
         for pair in settings["weights_sha256"]:

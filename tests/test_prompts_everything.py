@@ -104,6 +104,19 @@ def test_settings_are_validated_and_misspellings_named():
     assert EverythingSettings().digest() != EverythingSettings(points_per_side=16).digest()
 
 
+def test_cli_flags_land_in_the_everything_section_over_the_config_file(tmp_path):
+    from annotator.cli import _settings, build_parser
+
+    conf = tmp_path / "c.yaml"
+    conf.write_text("prompts: everything\neverything: {points_per_side: 8, nms_iou: 0.5}\n")
+    ns = build_parser().parse_args(["annotate", ".", "--config", str(conf), "--points-per-side", "16",
+                                    "--everything-class", "blob"])  # fmt: skip
+    cfg = make_config(**_settings(ns))
+    assert (cfg.everything.points_per_side, cfg.everything.nms_iou, cfg.everything.class_name) == (16, 0.5, "blob")
+    ns = build_parser().parse_args(["annotate", ".", "--prompts", "everything"])
+    assert make_config(**_settings(ns)).everything == EverythingSettings()
+
+
 def test_point_prompts_equal_the_prompt_encoders(sam2_t_ckpt, mobile_sam_ckpt):
     """Our label-free prompt embedding (no host sync on CUDA) is SAM 2's and MobileSAM's own, bit for bit."""
     from annotator.models import load_sam
