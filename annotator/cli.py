@@ -8,7 +8,8 @@ Settings come from, lowest to highest priority: defaults, ``--config`` file, com
 
 Exit codes (for schedulers):
     0    every input went through (annotated or empty);
-    1    some inputs failed (more than ``--max-failures``, default 0); the outputs of the others are written;
+    1    some inputs failed (images and videos together: more than ``--max-failures``, default 0); the outputs
+         of the others are written;
     2    the run was unusable: bad argument or config, missing or unsafe weights, no images, output folder in
          use (one line on stderr);
     3    the output could not be written (disk full, read-only, permission, a link inside the output folder):
@@ -127,7 +128,7 @@ def _add_annotate_args(p: argparse.ArgumentParser) -> None:
     r.add_argument("--compile", action="store_true", default=S, help="torch.compile the SAM image encoder (long GPU runs)")
     r.add_argument("--max-pixels", dest="max_pixels", type=int, default=S)
     r.add_argument("--torch-threads", dest="torch_threads", type=int, default=S, help="CPU threads for the models (all cores)")
-    r.add_argument("--max-failures", dest="max_failures", type=int, default=0, help="failed images tolerated before exit 1")
+    r.add_argument("--max-failures", dest="max_failures", type=int, default=0, help="failed images + videos tolerated before exit 1")
     v = p.add_argument_group("videos (.mp4 .mov .avi .mkv .webm in data)")
     v.add_argument("--frame-stride", dest="frame_stride", type=int, default=S, help="label every n-th source frame (default 1)")
     v.add_argument("--keyframe-interval", dest="keyframe_interval", type=int, default=S,
@@ -227,7 +228,7 @@ def cmd_annotate(ns: argparse.Namespace) -> int:
     else:
         _print_summary(summary)
     print(summary.one_line(), file=sys.stderr if ns.json else sys.stdout)
-    return EXIT_SOME_FAILED if summary.failed > ns.max_failures else EXIT_OK
+    return EXIT_SOME_FAILED if summary.failed + summary.videos_failed > ns.max_failures else EXIT_OK
 
 
 class Interrupted(BaseException):

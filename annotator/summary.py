@@ -73,6 +73,11 @@ class RunSummary:
     def instances(self) -> int:
         return sum(self.instances_per_class.values())
 
+    @property
+    def videos_failed(self) -> int:
+        """Videos of this run not labelled whole (any status but ok / empty: decode_error, truncated, ...)."""
+        return sum(v["status"] not in ("ok", "empty") for v in self.videos)
+
     def add(self, result: ImageResult, names: dict[int, str]) -> None:
         """Count one image's result."""
         self.images_seen += 1
@@ -109,9 +114,9 @@ class RunSummary:
             f"{extra}; {self.instances} instances; {self.images_per_s:.2f} images/s"
         )
         if self.videos or self.videos_unchanged:
-            bad = sum(v["status"] not in ("ok", "empty") for v in self.videos)
             frames = sum(v["frames_written"] for v in self.videos)
-            line += f"; {len(self.videos)} videos ({frames} frames, {bad} not ok), {self.videos_unchanged} unchanged"
+            line += (f"; {len(self.videos)} videos ({frames} frames, {self.videos_failed} not ok), "
+                     f"{self.videos_unchanged} unchanged")  # fmt: skip
         return line
 
     def __str__(self) -> str:  # pragma: no cover - presentation

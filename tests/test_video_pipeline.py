@@ -320,3 +320,17 @@ def test_scan_finds_videos_beside_images_and_in_lists(tmp_path):
     only = scan_sources(data / "s" / "v.MP4")  # a video alone is a valid input
     assert only.items == [] and [v.rel_path for v in only.videos] == ["v.MP4"]
     np.testing.assert_equal(len(scan_sources(data / "img1.png").videos), 0)
+
+
+def test_cli_exit_code_counts_bad_videos_as_failures(tmp_path, shapes_detector, sam2_t_ckpt, capsys):
+    from annotator.cli import EXIT_OK, EXIT_SOME_FAILED, main
+
+    data = tmp_path / "data"
+    write_images(data, [3], sub=False)
+    (data / "zero.mp4").write_bytes(b"")  # a nightly job must not exit 0 over a video it could not read
+    args = ["annotate", str(data), "--det-model", str(shapes_detector), "--sam-model", str(sam2_t_ckpt),
+            "--device", "cpu", "--quiet"]  # fmt: skip
+    assert main([*args, "--output-dir", str(tmp_path / "o1")]) == EXIT_SOME_FAILED
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "0 failed" in last and "1 videos (0 frames, 1 not ok)" in last  # the image went through
+    assert main([*args, "--output-dir", str(tmp_path / "o2"), "--max-failures", "1"]) == EXIT_OK
