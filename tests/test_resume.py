@@ -112,24 +112,44 @@ def test_signal_stops_after_the_image_in_flight_and_resumes(images, tmp_path, re
     """Ctrl-C (SIGINT to the process group, as a terminal sends it) or SIGTERM (a scheduler's stop): one line on
     stderr, exit 130 / 143, no temp file left, and the same command resumes to the uninterrupted outputs."""
     out = tmp_path / "labels"
-    cmd = _cmd(images, out, shapes_detector, sam2_t_ckpt, "local")
+    err = _signal_and_resume(_cmd(images, out, shapes_detector, sam2_t_ckpt, "local"), out, sig, reference)
+    assert len(err.strip().splitlines()) == 1, err
+
+
+def test_ctrl_c_stops_the_ray_engine_and_resumes(images, tmp_path, reference, shapes_detector, sam2_t_ckpt):
+    """Ctrl-C to the process group of a Ray run (driver, raylet and workers all get SIGINT): exit 130 with our
+    line last (Ray's own log lines may come before it), no temp file, and the resumed run equals the local one."""
+    out = tmp_path / "labels"
+    _signal_and_resume(_cmd(images, out, shapes_detector, sam2_t_ckpt, "ray"), out, signal.SIGINT, reference)
+
+
+def _signal_and_resume(cmd: list[str], out: Path, sig: signal.Signals, reference: dict[str, bytes]) -> str:
+    """Send ``sig`` to the run's process group after its first label; check the stop, resume, check the outputs.
+    Returns the interrupted run's stderr."""
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     t0 = time.monotonic()
     while p.poll() is None and _labels_written(out) < 1:
         time.sleep(0.02)
-        assert time.monotonic() - t0 < 600, "no label written in 600 s"
+        if time.monotonic() - t0 > 600:
+            os.killpg(p.pid, signal.SIGKILL)
+            raise AssertionError("no label written in 600 s")
     assert p.poll() is None, "the run finished before the signal: the test would prove nothing"
     os.killpg(p.pid, sig)
     t_sig = time.monotonic()
-    _, err = p.communicate(timeout=120)
+    try:
+        _, err = p.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        raise AssertionError(f"still running 120 s after {sig.name}") from None
     stopped_in_s = time.monotonic() - t_sig
     assert p.returncode == (130 if sig == signal.SIGINT else 143), err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in err, err
-    assert f"interrupted by {sig.name}" in lines[0] and "run the same command to resume" in lines[0]
+    last = err.strip().splitlines()[-1]
+    assert "Traceback" not in err, err
+    assert f"interrupted by {sig.name}" in last and "run the same command to resume" in last, err
     assert _labels_written(out) < N_IMAGES, "it went on to the end instead of stopping"
     assert stopped_in_s < 60, stopped_in_s
     assert not [q for q in out.rglob("*") if q.name.endswith(".tmp")]
     p2 = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert p2.returncode == 0, p2.stderr
     _assert_same_as_reference(out, reference)
+    return err
