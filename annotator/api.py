@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 from annotator.config import AnnotateConfig, make_config
 from annotator.errors import ConfigError
+from annotator.interrupt import raise_if_requested
 from annotator.models import resolve_models
 from annotator.summary import RunSummary
 
@@ -189,8 +190,11 @@ def _label_videos(cfg: AnnotateConfig, models, scan, plan, hooks: dict):
         reason = f"the {cfg.engine} engine does not label videos yet: run them with --engine local (images go on)"
         results = [refuse(VideoLedger(plan.ledger), job, "unsupported", reason) for job in vplan.due]
     else:
-        results = list(video_engine(cfg, models, vplan.due, plan.ledger, tracker_factory=factory,
-                                    detector=hooks.get("video_detector")))  # fmt: skip
+        results = []
+        for result in video_engine(cfg, models, vplan.due, plan.ledger, tracker_factory=factory,
+                                   detector=hooks.get("video_detector")):  # fmt: skip
+            results.append(result)
+            raise_if_requested()
     return sorted(results, key=lambda r: r.rel_path), vplan
 
 
@@ -209,7 +213,9 @@ def _process(cfg: AnnotateConfig, engine_run, plan, on_result: Callable | None) 
     ok = False
     try:
         for result in engine_run.results:
+            raise_if_requested()  # a signal whose raise was dropped (see annotator/interrupt.py) stops here
             sink.put(result)
+        raise_if_requested()
         sink.finish()
         writer.close()
         ok = True

@@ -27,6 +27,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from annotator.interrupt import Interrupted
+
 EXIT_OK = 0
 EXIT_SOME_FAILED = 1
 EXIT_UNUSABLE = 2
@@ -206,6 +208,8 @@ def cmd_annotate(ns: argparse.Namespace) -> int:
         cfg = make_config(**settings)
         with _stop_on_signals() as stopped:
             summary = run(cfg)
+            if stopped:  # the signal came after the last result, its raise dropped: the run ended, still say so
+                raise Interrupted(stopped[0])
     except Interrupted as e:
         print(
             f"annotator: interrupted by {e.signame}: stopped after the image in flight; every finished image is "
@@ -222,21 +226,12 @@ def cmd_annotate(ns: argparse.Namespace) -> int:
     except OSError as e:  # an I/O fault outside our writers (e.g. the output folder's own mkdir)
         print(f"annotator: error: {describe_os_error(e)}; fix that and run the same command to resume", file=sys.stderr)
         return EXIT_OUTPUT_ERROR
-    del stopped
     if ns.json:
         print(json.dumps(summary.to_dict(), indent=2, default=str))
     else:
         _print_summary(summary)
     print(summary.one_line(), file=sys.stderr if ns.json else sys.stdout)
     return EXIT_SOME_FAILED if summary.failed + summary.videos_failed > ns.max_failures else EXIT_OK
-
-
-class Interrupted(BaseException):
-    """SIGINT / SIGTERM during a run (a BaseException, like KeyboardInterrupt, so no handler swallows it)."""
-
-    def __init__(self, signame: str) -> None:
-        super().__init__(signame)
-        self.signame = signame
 
 
 @contextlib.contextmanager
@@ -250,6 +245,8 @@ def _stop_on_signals():
     import signal
     import threading
 
+    from annotator import interrupt
+
     if threading.current_thread() is not threading.main_thread():
         yield None
         return
@@ -259,14 +256,22 @@ def _stop_on_signals():
         if fired:
             return
         fired.append(signal.Signals(signum).name)
+        interrupt.request_stop(fired[0])  # kept: the raise below is dropped if it lands in a finaliser
         raise Interrupted(fired[0])
 
+    def unraisable(info, _default=sys.unraisablehook):
+        if info.exc_type is not Interrupted:  # ours is recorded, not lost: no "Exception ignored" traceback
+            _default(info)
+
     old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    old_unraisable, sys.unraisablehook = sys.unraisablehook, unraisable
     try:
         yield fired
     except KeyboardInterrupt:  # raised by a library's own SIGINT handling (e.g. Ray's)
         raise Interrupted(fired[0] if fired else "SIGINT") from None
     finally:
+        interrupt.clear()
+        sys.unraisablehook = old_unraisable
         for s, h in old.items():
             signal.signal(s, h)
 
