@@ -3,15 +3,14 @@
 The run is built as in ``tests/test_video_pipeline.py`` (the ground-truth stand-in tracker, one synthetic video
 beside one image; track 1 reports a wrong class on its first frames, so the exports must use the final vote).
 Checked: :meth:`FinishedRun.images`, Label Studio ``tasks.json``, CVAT COCO + XML (parsed, and imported with
-datumaro when its test venv is already built), ``review_queue.csv`` and the review page's data (and, with
-Chromium, the rendered page filtered by video).
+datumaro), ``review_queue.csv`` and the review page's data (and the page
+rendered by Chromium, filtered by video).
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import os
 import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -116,19 +115,6 @@ def _xml_tracks(xml_path: Path) -> tuple[dict[str, list[tuple[str, int | None]]]
     return got, declared
 
 
-def _datumaro_python_if_built() -> str | None:
-    from tests.test_export_cvat import DATUMARO_VERSION
-
-    env = os.environ.get("ANNOTATOR_DATUMARO_PYTHON")
-    if env:
-        return env
-    import sys
-
-    cache = Path(os.environ.get("ANNOTATOR_TEST_CACHE", Path.home() / ".cache" / "annotator-tests"))
-    python = cache / f"datumaro-{DATUMARO_VERSION}-py{sys.version_info[0]}{sys.version_info[1]}" / "bin" / "python"
-    return str(python) if python.is_file() else None
-
-
 def test_cvat_coco_and_xml_carry_track_ids(made, tmp_path):
     from annotator.review.cvat import COCO_PATH, LABELS_PATH, XML_PATH, export_cvat
 
@@ -163,11 +149,9 @@ def test_cvat_coco_and_xml_carry_track_ids(made, tmp_path):
     # the frames were copied under their rel path (a dataset CVAT / datumaro can import)
     assert all((dest / "images" / rel).is_file() for rel in frames)
 
-    python = _datumaro_python_if_built()
-    if python is None:
-        pytest.skip("no datumaro venv (run test_export_cvat.py's slow test once, or set ANNOTATOR_DATUMARO_PYTHON)")
-    from tests.test_export_cvat import _datumaro_read
+    from tests.test_export_cvat import _datumaro_python, _datumaro_read  # builds datumaro's venv once if missing
 
+    python = _datumaro_python()
     for fmt in ("coco_instances", "cvat"):
         read = _datumaro_read(python, dest, fmt)
         items = {it["id"]: it for it in read["items"]}
@@ -202,11 +186,8 @@ def test_review_page_shows_tracks_and_filters_by_video(made, tmp_path):
         assert (dest / it["src"]).resolve() == f.path.resolve()
         assert [(x[0], x[4]) for x in it["i"]] == [(i.class_id, i.track_id) for i in f.instances]
 
-    import shutil
+    from tests.test_review_page import browse  # skips without chromium; fails under CI
 
-    if shutil.which("chromium") is None:
-        pytest.skip("chromium is not installed: the rendered page is not checked")
-    from tests.test_review_page import browse
 
     html = browse(index.as_uri() + "#video=" + VIDEO.replace("/", "%2F"), "--dump-dom")
     cards = re.findall(r'<div class="card"[^>]*>', html)
