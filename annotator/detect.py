@@ -194,14 +194,12 @@ class Detector:
             shells = [np.broadcast_to(np.zeros((1, 1, 1), np.uint8), (h, w, 3)) for h, w in image_hws]
             predictor.batch = ([""] * len(shells), shells, [""] * len(shells))
             results = predictor.postprocess(preds, im, shells)
+        if self.with_masks:
+            from annotator.detector_masks import masks_from_results
         out = []
         for r, hw in zip(results, image_hws):
             b = r.boxes
-            masks = None
-            if self.with_masks:
-                from annotator.detector_masks import masks_from_results
-
-                masks = masks_from_results(r, (int(hw[0]), int(hw[1])))
+            masks = masks_from_results(r, (int(hw[0]), int(hw[1]))) if self.with_masks else None
             out.append(
                 Detections(
                     xyxy_px=b.xyxy.float().cpu().numpy().astype(np.float32).reshape(-1, 4),

@@ -25,10 +25,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from annotator.mask_upsample import LOWRES_PX, SAM_INPUT_PX
+from annotator.mask_upsample import LOWRES_PX, SAM_INPUT_PX, input_gain
 from annotator.records import MaskCrop
-
-MODES = ("ignore", "prompt", "keep_better")
 
 
 def mask_prompts_lowres(masks: Sequence[MaskCrop], image_hw: tuple[int, int]) -> np.ndarray:
@@ -38,7 +36,7 @@ def mask_prompts_lowres(masks: Sequence[MaskCrop], image_hw: tuple[int, int]) ->
     import torch.nn.functional as F
 
     h, w = image_hw
-    r = min(SAM_INPUT_PX / h, SAM_INPUT_PX / w)
+    r = input_gain(image_hw)
     nw, nh = round(w * r), round(h * r)
     out = np.zeros((len(masks), 1, LOWRES_PX, LOWRES_PX), np.float32)
     for i, m in enumerate(masks):

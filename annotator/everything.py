@@ -33,7 +33,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from annotator import sam_ops
-from annotator.mask_upsample import LOWRES_PX, SAM_INPUT_PX, lowres_gain
+from annotator.mask_upsample import LOWRES_PX, input_gain, lowres_gain
 from annotator.records import Detections
 
 
@@ -88,20 +88,19 @@ def point_grid(n: int, image_hw: tuple[int, int]) -> np.ndarray:
         >>> point_grid(2, (512, 1024)).tolist()  # content: 1024 x 512 of the 1024 x 1024 input
         [[256.0, 128.0], [768.0, 128.0], [256.0, 384.0], [768.0, 384.0]]
     """
-    g = min(SAM_INPUT_PX / image_hw[0], SAM_INPUT_PX / image_hw[1])
-    side = np.linspace(1 / (2 * n), 1 - 1 / (2 * n), n)
-    xy = np.stack([np.tile(side[None, :], (n, 1)), np.tile(side[:, None], (1, n))], -1).reshape(-1, 2)
-    return (xy * [image_hw[1] * g, image_hw[0] * g]).astype(np.float32)
+    from ultralytics.models.sam.amg import build_point_grid
+
+    g = input_gain(image_hw)
+    return (build_point_grid(n) * [image_hw[1] * g, image_hw[0] * g]).astype(np.float32)
 
 
 def stability_scores(logits, threshold: float, offset: float):
     """``(N, h, w)`` logits -> ``(N,)`` IoU of ``logits > threshold + offset`` and ``> threshold - offset``
     (the first is inside the second), 0 where both are empty: ``amg.calculate_stability_score``."""
     import torch
+    from ultralytics.models.sam.amg import calculate_stability_score
 
-    inter = (logits > threshold + offset).flatten(1).sum(1, dtype=torch.int32)
-    union = (logits > threshold - offset).flatten(1).sum(1, dtype=torch.int32)
-    return inter.float() / union.clamp(min=1).float()  # both empty: 0 / 1
+    return torch.nan_to_num(calculate_stability_score(logits, threshold, offset), nan=0.0)  # both empty: 0
 
 
 def lowres_boxes(logits, threshold: float, content_hw: tuple[int, int]):

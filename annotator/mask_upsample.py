@@ -30,9 +30,14 @@ SAM_INPUT_PX = 1024  # square input side of every SAM / SAM 2 image encoder
 LOWRES_PX = 256  # side of the mask decoder's logits
 
 
+def input_gain(image_hw: tuple[int, int]) -> float:
+    """Letterbox gain of an ``(H, W)`` image into the 1024 px SAM input (input pixels per original pixel)."""
+    return min(SAM_INPUT_PX / image_hw[0], SAM_INPUT_PX / image_hw[1])
+
+
 def lowres_gain(image_hw: tuple[int, int]) -> tuple[float, float]:
     """Low-res mask pixels per original pixel, ``(gain_h, gain_w)``, as Ultralytics' SAM postprocess computes it."""
-    g = min(SAM_INPUT_PX / image_hw[0], SAM_INPUT_PX / image_hw[1])
+    g = input_gain(image_hw)
     return tuple(round(o * g) * LOWRES_PX / SAM_INPUT_PX / o for o in image_hw)  # type: ignore[return-value]
 
 
@@ -153,11 +158,11 @@ class MaskFinisher:
         logits = out.logits_lowres[keep]
         up = upsample_full if self.mask_upsample == "full" else upsample_crops
         box_used = det.boxes_used()
+        if keep_det:
+            from annotator.detector_masks import keeps_detector_mask  # here: detector_masks imports this module
         instances = []
         for k, crop in zip(keep.tolist(), up(logits, image_hw, self.threshold)):
             if keep_det:
-                from annotator.detector_masks import keeps_detector_mask
-
                 if keeps_detector_mask(float(scores[k]), float(det.det_conf[k]), crop.area_px == 0, det.det_masks[k]):
                     crop = det.det_masks[k]
                 elif scores[k] <= self.min_score:

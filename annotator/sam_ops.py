@@ -114,19 +114,8 @@ def decode_sam2(model, feats: list, boxes_1024, img_idx):
     Returns:
         ``(N, 256, 256)`` low-res logits and ``(N,)`` scores.
     """
-    m = model
-    embed, s0, s1 = (f.index_select(0, img_idx) for f in feats)
-    sparse, dense = sam2_box_prompts(m.sam_prompt_encoder, boxes_1024)
-    masks, scores, _, _ = m.sam_mask_decoder(
-        image_embeddings=embed,
-        image_pe=m.sam_prompt_encoder.get_dense_pe(),
-        sparse_prompt_embeddings=sparse,
-        dense_prompt_embeddings=dense,
-        multimask_output=False,
-        repeat_image=False,
-        high_res_features=[s0, s1],
-    )
-    return masks.flatten(0, 1), scores.flatten(0, 1)
+    sparse, dense = sam2_box_prompts(model.sam_prompt_encoder, boxes_1024)
+    return decode_embedded(model, "sam2", feats, sparse, dense, img_idx=img_idx)
 
 
 def decode_one_image(model, family: str, feats: list, j: int, boxes_1024, *, reference: bool = False):
@@ -137,18 +126,11 @@ def decode_one_image(model, family: str, feats: list, j: int, boxes_1024, *, ref
     prompt encoder instead of :func:`sam2_box_prompts` (the per-image reference path of the tests).
     Returns ``(N, 256, 256)`` logits and ``(N,)`` scores.
     """
-    import torch
-
-    m = model
-    if family == "sam":
-        sparse, dense = m.prompt_encoder(points=None, boxes=boxes_1024, masks=None)
-    elif reference:
-        pts = boxes_1024.view(-1, 2, 2)
-        labels = torch.tensor([[2, 3]], dtype=torch.int32, device=pts.device).expand(pts.shape[0], -1)
-        sparse, dense = m.sam_prompt_encoder(points=(pts, labels), boxes=None, masks=None)
+    if family == "sam" or reference:  # Ultralytics' own prompt encoding
+        sparse, dense = embed_prompts(model, family, boxes_1024, True, None, None, None)
     else:
-        sparse, dense = sam2_box_prompts(m.sam_prompt_encoder, boxes_1024)
-    return decode_embedded(m, family, feats, sparse, dense, j=j)
+        sparse, dense = sam2_box_prompts(model.sam_prompt_encoder, boxes_1024)
+    return decode_embedded(model, family, feats, sparse, dense, j=j)
 
 
 def embed_prompts(model, family: str, boxes_1024, box_used: bool, points_1024, point_labels, masks_256):

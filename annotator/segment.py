@@ -42,7 +42,7 @@ import numpy as np
 
 from annotator import sam_ops
 from annotator.detect import TorchThreads
-from annotator.mask_upsample import LOWRES_PX, SAM_INPUT_PX, MaskFinisher
+from annotator.mask_upsample import LOWRES_PX, SAM_INPUT_PX, MaskFinisher, input_gain
 from annotator.models import load_sam
 from annotator.records import Detections, Instance
 
@@ -241,7 +241,7 @@ class Segmenter:
             self.threads.apply()
             for j, i in enumerate(todo):
                 boxes = torch.as_tensor(detections[i].xyxy_px, dtype=torch.float32, device=self.device)
-                boxes = boxes * _gain(image_hws[i])
+                boxes = boxes * input_gain(image_hws[i])
                 with self._autocast():
                     lg, sc = sam_ops.decode_one_image(self.model, self.family, feats, j, boxes, reference=True)
                 out[i] = SamOutput(lg.float().cpu().numpy(), sc.float().cpu().numpy())
@@ -285,7 +285,7 @@ class Segmenter:
         """All boxes of the ``todo`` images in the 1024 px frame ``(N, 4)`` and each box's image ``(N,)``, on the
         device (uploaded without a host sync)."""
         boxes = np.concatenate(
-            [detections[i].xyxy_px.astype(np.float32, copy=False) * _gain(image_hws[i]) for i in todo]
+            [detections[i].xyxy_px.astype(np.float32, copy=False) * input_gain(image_hws[i]) for i in todo]
         ).astype(np.float32, copy=False)
         img_idx = np.repeat(np.arange(len(todo)), [len(detections[i]) for i in todo])
         return self._upload(boxes), self._upload(img_idx.astype(np.int64))
@@ -391,7 +391,7 @@ class Segmenter:
         for i, d in zip(todo, dets):
             if d.points_xy_px is not None and k:
                 kd = d.points_xy_px.shape[1]
-                pts[start : start + len(d), :kd] = d.points_xy_px * np.float32(_gain(image_hws[i]))
+                pts[start : start + len(d), :kd] = d.points_xy_px * np.float32(input_gain(image_hws[i]))
                 labels[start : start + len(d), :kd] = d.point_labels
             start += len(d)
         masks = None
@@ -473,11 +473,6 @@ class ExtraPrompts:
         m = self.masks[a:b] if self.masks is not None else None
         return ExtraPrompts(self.points[a:b], self.labels[a:b], m, self.n_points[a:b], self.box_used[a:b],
                             self.has_mask[a:b])  # fmt: skip
-
-
-def _gain(image_hw: tuple[int, int]) -> float:
-    """Letterbox gain of an ``(H, W)`` image into the 1024 px SAM input."""
-    return min(SAM_INPUT_PX / image_hw[0], SAM_INPUT_PX / image_hw[1])
 
 
 def usable_cores() -> int:

@@ -71,6 +71,7 @@ class Stages:
     ) -> Stages:
         """Load the models named in ``parts`` (``"detector"``, ``"segmenter"``) once; the polygonizer always."""
         compat = cfg.compat == "ultralytics"
+        data_root = cfg.data if cfg.data.is_dir() else cfg.data.parent  # where prompt files name images from
         detector = segmenter = None
         if cfg.prompts == "everything":  # settings only: built with either part (Ray split mode: the segmenter's)
             from annotator.everything import EverythingSource
@@ -79,11 +80,11 @@ class Stages:
         elif "detector" in parts and cfg.prompts == "boxes":
             from annotator.prompts import LabelBoxSource
 
-            detector = LabelBoxSource(cfg.prompt_labels, cfg.data if cfg.data.is_dir() else cfg.data.parent)
+            detector = LabelBoxSource(cfg.prompt_labels, data_root)
         elif "detector" in parts and cfg.prompts == "points":
             from annotator.prompt_points import PointPromptSource
 
-            detector = PointPromptSource(cfg.prompt_points, cfg.data if cfg.data.is_dir() else cfg.data.parent)
+            detector = PointPromptSource(cfg.prompt_points, data_root)
         elif "detector" in parts:
             detector = Detector(
                 models.det_path,
@@ -109,7 +110,7 @@ class Stages:
                 trust=cfg.trust_weights,
             )
             segmenter.mask_prompts = cfg.detector_masks == "prompt"
-            segmenter.finisher = cls.build_finisher(cfg, segmenter.finisher.threshold)
+            segmenter.finisher = replace(segmenter.finisher, keep_detector_masks=cfg.detector_masks == "keep_better")
         if cfg.torch_threads is not None:  # else the count Ultralytics' select_device picks (see TorchThreads)
             for stage in (detector, segmenter):
                 if stage is not None and hasattr(stage, "threads"):
@@ -128,9 +129,9 @@ class Stages:
         )
 
     @staticmethod
-    def build_finisher(cfg: AnnotateConfig, threshold: float = 0.0) -> MaskFinisher:
+    def build_finisher(cfg: AnnotateConfig) -> MaskFinisher:
         """SAM output -> instances for ``cfg`` (no model: cheap to build in every CPU worker)."""
-        return MaskFinisher(cfg.sam_min_score, "full" if cfg.compat == "ultralytics" else "crop", threshold,
+        return MaskFinisher(cfg.sam_min_score, "full" if cfg.compat == "ultralytics" else "crop", 0.0,
                             keep_detector_masks=cfg.detector_masks == "keep_better")  # fmt: skip
 
     @staticmethod

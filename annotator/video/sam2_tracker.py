@@ -46,7 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
-from annotator.mask_upsample import LOWRES_PX, SAM_INPUT_PX, lowres_gain
+from annotator.mask_upsample import LOWRES_PX, SAM_INPUT_PX, input_gain, lowres_gain
 from annotator.records import Detections, MaskCrop
 from annotator.video.track_book import KeyframePlan, TrackBook
 from annotator.video.tracking import TrackedObject, TrackSummary
@@ -307,7 +307,7 @@ class SAM2Tracker:
         """One detection box decoded alone, without memory (Ultralytics' ``add_new_prompts`` on a new frame)."""
         import torch
 
-        gain = min(SAM_INPUT_PX / hw[0], SAM_INPUT_PX / hw[1])
+        gain = input_gain(hw)
         pts = torch.as_tensor(np.asarray(box_xyxy_px, np.float32)[None], device=self.device) * gain
         labels = torch.tensor([[2, 3]], dtype=torch.int32, device=self.device)
         feats, pos, sizes = self._features(backbone, 1)
@@ -319,7 +319,7 @@ class SAM2Tracker:
 
     def _match(self, outs: dict[int, _Out], det_outs: list[_Out], detections: Detections, hw) -> KeyframePlan:
         """TrackBook's keyframe decision on the low-res masks (inside the letterboxed content)."""
-        gain = min(SAM_INPUT_PX / hw[0], SAM_INPUT_PX / hw[1])
+        gain = input_gain(hw)
         rows, cols = (math.ceil(round(o * gain) * LOWRES_PX / SAM_INPUT_PX) for o in hw)
 
         def binary(o: _Out) -> np.ndarray:
