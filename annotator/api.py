@@ -168,33 +168,25 @@ _VIDEO_HOOKS = ("video_tracker_factory", "video_detector")
 def _label_videos(cfg: AnnotateConfig, models, scan, plan, hooks: dict):
     """Label the due videos (before the images; the writer adds their frames to data.yaml / COCO at its close).
 
-    Returns ``(results, video plan)``. An engine without video support gives each due video status
-    ``unsupported`` with a one-line reason; the images go on.
+    Returns ``(results, video plan)``. Settings that can not label videos give each due video status
+    ``unsupported`` with a one-line reason (:func:`pipelines.local_video.local_video_engine`); the images go on.
     """
     import shutil
 
     from annotator.video.jobs import plan_videos
     from annotator.video.layout import VideoLayout
     from pipelines import VIDEO_ENGINES
-    from pipelines.local_video import refuse
 
     factory = hooks.get("video_tracker_factory")
     tracker_name = "sam2" if factory is None else str(getattr(factory, "tracker_name", "custom"))
     shutil.rmtree(VideoLayout.of(cfg).staging_root, ignore_errors=True)  # a killed run's half-labelled video
     vplan = plan_videos(cfg, scan.videos, plan.ledger, plan.model_fp, plan.output_fp, tracker_name)
     plan.videos = [v.rel_path for v in scan.videos]
-    video_engine = VIDEO_ENGINES.get(cfg.engine)
-    if video_engine is None:
-        from annotator.video.ledger import VideoLedger
-
-        reason = f"the {cfg.engine} engine does not label videos yet: run them with --engine local (images go on)"
-        results = [refuse(VideoLedger(plan.ledger), job, "unsupported", reason) for job in vplan.due]
-    else:
-        results = []
-        for result in video_engine(cfg, models, vplan.due, plan.ledger, tracker_factory=factory,
-                                   detector=hooks.get("video_detector")):  # fmt: skip
-            results.append(result)
-            raise_if_requested()
+    results = []
+    for result in VIDEO_ENGINES[cfg.engine](cfg, models, vplan.due, plan.ledger, tracker_factory=factory,
+                                            detector=hooks.get("video_detector")):  # fmt: skip
+        results.append(result)
+        raise_if_requested()
     return sorted(results, key=lambda r: r.rel_path), vplan
 
 

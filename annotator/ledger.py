@@ -89,8 +89,19 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+class ImageSizeColumns:
+    """``image_hw`` of a ledger row from its ``image_h`` / ``image_w`` columns (None until the size is known)."""
+
+    image_h: int | None
+    image_w: int | None
+
+    @property
+    def image_hw(self) -> tuple[int, int] | None:
+        return (self.image_h, self.image_w) if self.image_h is not None and self.image_w is not None else None
+
+
 @dataclass(frozen=True)
-class LedgerRow:
+class LedgerRow(ImageSizeColumns):
     rel_path: str
     size: int
     mtime_ns: int
@@ -103,10 +114,6 @@ class LedgerRow:
     image_h: int | None
     image_w: int | None
     result_json: str | None
-
-    @property
-    def image_hw(self) -> tuple[int, int] | None:
-        return (self.image_h, self.image_w) if self.image_h is not None and self.image_w is not None else None
 
 
 def instances_to_json(instances: Iterable[PolygonInstance]) -> str:

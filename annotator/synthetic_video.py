@@ -29,7 +29,6 @@ import cv2
 import numpy as np
 
 from annotator.records import Detections, MaskCrop
-from annotator.synthetic import SHAPE_NAMES  # noqa: F401 - the class names of the shapes
 from annotator.video.tracking import TrackedObject, TrackSummary
 
 _FOURCC = {".avi": "MJPG", ".mp4": "mp4v", ".mov": "mp4v", ".mkv": "mp4v"}

@@ -21,7 +21,7 @@ from pipelines.ray_images import ray_engine  # Ray itself is imported only when 
 #: engine name (the ``engine`` setting) -> engine
 ENGINES: dict[str, Engine] = {"local": local_engine, "ray": ray_engine}
 
-#: engine name -> video engine (one video = one unit of work); an engine missing here refuses videos
+#: engine name -> video engine (one video = one unit of work); every engine of ENGINES has one
 VIDEO_ENGINES = {"local": local_video_engine, "ray": ray_video_engine}
 
 

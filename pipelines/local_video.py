@@ -21,8 +21,6 @@ from annotator.video.pipeline import (
     VideoUnsupported,
     check_video_support,
     label_and_commit,
-    make_detector,
-    make_tracker,
 )
 
 
@@ -32,29 +30,26 @@ def local_video_engine(
 ) -> Iterator[VideoResult]:  # fmt: skip
     """Label ``jobs`` in order. ``tracker_factory(cfg, models)`` / ``detector`` replace the real ones (tests).
 
-    Settings that make videos impossible (not SAM 2 weights, no tracker in this build, ``prompts: boxes``)
+    Settings that make videos impossible (not SAM 2 weights, ``prompts`` other than the detector)
     give every video status ``unsupported`` with the reason; nothing is raised.
     """
     if not jobs:
         return
-    from annotator.stages import Stages
-
     vledger = VideoLedger(ledger)
     try:
         check_video_support(cfg, models, custom_tracker=tracker_factory is not None)
-        tracker = (tracker_factory or make_tracker)(cfg, models)
-        det = detector if detector is not None else make_detector(cfg, models)
+        labeller = VideoLabeller.build(cfg, models, tracker_factory=tracker_factory, detector=detector)
     except VideoUnsupported as e:
         for job in jobs:
             yield refuse(vledger, job, "unsupported", str(e))
         return
-    labeller = VideoLabeller(cfg, det, tracker, Stages.build_polygonizer(cfg))
     for job in jobs:
         yield label_and_commit(labeller, vledger, job.item, job.stat, job.video_fp)
 
 
 def refuse(vledger: VideoLedger, job: VideoJob, status: str, reason: str) -> VideoResult:
     """Record ``job`` as not labelled (``status``, one-line ``reason``); a later run with other settings retries."""
+    result = VideoResult(job.item.rel_path, status, reason)
     vledger.begin(job.item.rel_path, job.stat, job.video_fp)
-    vledger.finish(job.item.rel_path, status=status, reason=reason)
-    return VideoResult(job.item.rel_path, status, reason)
+    vledger.finish(**result.to_dict())
+    return result

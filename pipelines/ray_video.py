@@ -37,8 +37,6 @@ from annotator.video.pipeline import (
     VideoUnsupported,
     check_video_support,
     commit_video,
-    make_detector,
-    make_tracker,
     remove_video_outputs,
 )
 from pipelines.local_video import refuse
@@ -48,11 +46,7 @@ class VideoActor:
     """Holds one detector and one tracker (loaded once); labels one video per :meth:`label` call."""
 
     def __init__(self, cfg, models, tracker_factory: Callable | None, detector: Callable | None) -> None:
-        from annotator.stages import Stages
-
-        tracker = (tracker_factory or make_tracker)(cfg, models)
-        det = detector if detector is not None else make_detector(cfg, models)
-        self.labeller = VideoLabeller(cfg, det, tracker, Stages.build_polygonizer(cfg))
+        self.labeller = VideoLabeller.build(cfg, models, tracker_factory=tracker_factory, detector=detector)
 
     def label(self, item: SourceItem, staging) -> LabelledVideo:
         return self.labeller.label(item, staging)

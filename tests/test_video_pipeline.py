@@ -12,7 +12,6 @@ import json
 import math
 import os
 
-import cv2
 import numpy as np
 import pytest
 
@@ -257,13 +256,18 @@ def test_ray_engine_labels_one_video_per_actor_like_the_local_engine(tmp_path, s
                            if p.is_file() and ".annotator" not in p.parts and p.name != "run_report.json"}  # fmt: skip
     assert not ray.is_initialized()  # the engine's own instance is shut down
     assert outputs["ray"] == outputs["local"] and len(outputs["local"]) == 2 * 18 + 2 + 2  # + tracks, yaml, coco
-    import importlib.util
 
-    if importlib.util.find_spec("annotator.video.sam2_tracker") is None:  # until the SAM 2 tracker is merged:
-        # videos that can not be labelled are refused with one line, before Ray starts
-        s = run(cfg_for(data, tmp_path / "no_tracker", shapes_detector, sam2_t_ckpt, engine="ray"))
-        assert {v["status"] for v in s.videos} == {"unsupported"} and "sam2_tracker" in s.videos[0]["reason"]
-        assert not ray.is_initialized()
+
+@pytest.mark.parametrize("engine", ["local", "ray"])
+def test_videos_without_sam2_weights_are_refused_in_one_line(tmp_path, shapes_detector, mobile_sam_ckpt, engine):
+    import ray
+
+    data = tmp_path / "data"
+    write_shapes_video(data / "a.avi", n_frames=3, image_hw=(48, 64))
+    s = run(cfg_for(data, tmp_path / "out", shapes_detector, mobile_sam_ckpt, engine=engine))
+    (v,) = s.videos
+    assert v["status"] == "unsupported" and v["reason"].startswith("videos need SAM 2 weights") and "\n" not in v["reason"]
+    assert not ray.is_initialized()  # refused before Ray starts
 
 
 def test_frames_are_streamed_and_upright(tmp_path):

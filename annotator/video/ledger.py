@@ -35,7 +35,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from annotator.ledger import FileStat, Ledger, instances_from_json, instances_to_json, ledger_error
+from annotator.ledger import FileStat, ImageSizeColumns, Ledger, instances_from_json, instances_to_json, ledger_error
 from annotator.records import PolygonInstance
 
 #: statuses a re-run redoes even when neither the file nor the settings changed
@@ -72,7 +72,7 @@ CREATE TABLE IF NOT EXISTS video_frames (
 
 
 @dataclass(frozen=True)
-class VideoRow:
+class VideoRow(ImageSizeColumns):
     """One ``videos`` row (see the module docstring)."""
 
     rel_path: str
@@ -90,10 +90,6 @@ class VideoRow:
     image_h: int | None
     image_w: int | None
     tracks_json: str | None
-
-    @property
-    def image_hw(self) -> tuple[int, int] | None:
-        return (self.image_h, self.image_w) if self.image_h is not None and self.image_w is not None else None
 
     def final_classes(self) -> dict[int, int]:
         """``track_id -> class_id`` of the final vote."""
@@ -119,15 +115,6 @@ class VideoLedger:
         except sqlite3.DatabaseError as e:
             raise ledger_error(e, ledger.path) from None
 
-    def _write(self, sql: str, params) -> None:
-        try:
-            if isinstance(params, list):
-                self.db.executemany(sql, params)
-            else:
-                self.db.execute(sql, params)
-        except sqlite3.Error as e:
-            raise ledger_error(e, self.ledger.path) from None
-
     def get(self, rel_path: str) -> VideoRow | None:
         row = self.db.execute(
             "SELECT rel_path, size, mtime_ns, sha256, video_fp, status, reason, frames_read, frames_written, tracks,"
@@ -150,8 +137,8 @@ class VideoLedger:
 
     def begin(self, rel_path: str, stat: FileStat, video_fp: str) -> None:
         """Mark the video ``running`` and forget its frames (from an older version or a killed run)."""
-        self._write("DELETE FROM video_frames WHERE video = ?", (rel_path,))
-        self._write(
+        self.ledger._write("DELETE FROM video_frames WHERE video = ?", (rel_path,))
+        self.ledger._write(
             "INSERT OR REPLACE INTO videos (rel_path, size, mtime_ns, sha256, video_fp, status, updated_at)"
             " VALUES (?,?,?,?,?,'running',?)",
             (rel_path, stat.size, stat.mtime_ns, stat.sha256, video_fp, time.time()),
@@ -194,7 +181,7 @@ class VideoLedger:
     ) -> None:  # fmt: skip
         """Record the video's final status (after its files are in place)."""
         h, w = image_hw if image_hw else (None, None)
-        self._write(
+        self.ledger._write(
             "UPDATE videos SET status=?, reason=?, frames_read=?, frames_written=?, tracks=?, instances=?, seconds=?,"
             " image_h=?, image_w=?, tracks_json=?, updated_at=? WHERE rel_path=?",
             (status, reason, frames_read, frames_written, tracks, instances, seconds, h, w, tracks_json, time.time(),
@@ -202,5 +189,5 @@ class VideoLedger:
         )  # fmt: skip
 
     def forget(self, rel_paths: Sequence[str]) -> None:
-        self._write("DELETE FROM video_frames WHERE video = ?", [(p,) for p in rel_paths])
-        self._write("DELETE FROM videos WHERE rel_path = ?", [(p,) for p in rel_paths])
+        self.ledger._write("DELETE FROM video_frames WHERE video = ?", [(p,) for p in rel_paths])
+        self.ledger._write("DELETE FROM videos WHERE rel_path = ?", [(p,) for p in rel_paths])

@@ -91,17 +91,13 @@ def video_fingerprint(cfg, model_fp: str, output_fp: str, tracker_name: str) -> 
 
 def check_video_support(cfg, models, *, custom_tracker: bool = False) -> None:
     """Raise :class:`VideoUnsupported` (one line) when videos can not be labelled with these settings: prompts
-    other than the detector, or (without a custom tracker) weights that are not SAM 2 or no tracker module."""
+    other than the detector, or (without a custom tracker) weights that are not SAM 2."""
     if cfg.prompts != "detector":
         raise VideoUnsupported(f"videos are prompted by the detector only (prompts is {cfg.prompts!r})")
     if custom_tracker:
         return
     if models.sam_family != "sam2":
         raise VideoUnsupported(f"videos need SAM 2 weights for tracking (sam_model is {models.sam_name}): use e.g. sam2_b.pt")
-    import importlib.util
-
-    if importlib.util.find_spec("annotator.video.sam2_tracker") is None:
-        raise VideoUnsupported("the SAM 2 video tracker (annotator.video.sam2_tracker) is not part of this build")
 
 
 def make_tracker(cfg, models) -> VideoTracker:
@@ -194,6 +190,19 @@ class VideoLabeller:
         self.detector = detector
         self.tracker = tracker
         self.polygonizer = polygonizer
+
+    @classmethod
+    def build(cls, cfg, models, *, tracker_factory=None, detector: FrameDetector | None = None) -> VideoLabeller:
+        """Load the run's tracker (``tracker_factory(cfg, models)`` or SAM 2's) and detector (unless given).
+
+        Raises:
+            VideoUnsupported: see :func:`check_video_support`.
+        """
+        from annotator.stages import Stages
+
+        tracker = (tracker_factory or make_tracker)(cfg, models)
+        det = detector if detector is not None else make_detector(cfg, models)
+        return cls(cfg, det, tracker, Stages.build_polygonizer(cfg))
 
     def label(self, item: SourceItem, staging: Path) -> LabelledVideo:
         """Label ``item`` into ``staging`` (emptied first). A bad video gives a status, never an exception
@@ -299,9 +308,7 @@ def commit_video(cfg, ledger: VideoLedger, labelled: LabelledVideo) -> VideoResu
             _move_into_place(layout, r.rel_path, labelled.staging)
             _write_tracks_file(cfg, layout, r, labelled.image_hw, labelled.tracks_json)
         r = replace(r, seconds=r.seconds + time.perf_counter() - t0)
-        ledger.finish(r.rel_path, status=r.status, reason=r.reason, frames_read=r.frames_read,
-                      frames_written=r.frames_written, tracks=r.tracks, instances=r.instances, seconds=r.seconds,
-                      image_hw=labelled.image_hw, tracks_json=labelled.tracks_json)  # fmt: skip
+        ledger.finish(**r.to_dict(), image_hw=labelled.image_hw, tracks_json=labelled.tracks_json)
     finally:
         _remove_tree(labelled.staging)
     return r
