@@ -27,6 +27,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from annotator import interrupt
 from annotator.interrupt import Interrupted
 
 EXIT_OK = 0
@@ -104,9 +105,9 @@ def _add_annotate_args(p: argparse.ArgumentParser) -> None:
                     help="prompts boxes: YOLO labels folder or COCO .json (default: labels/ beside data)")  # fmt: skip
     pr.add_argument("--prompt-points", dest="prompt_points", default=S,
                     help="prompts points: JSON file of points per image and object (README 'Prompt sources')")  # fmt: skip
-    pr.add_argument("--points-per-side", dest="everything_points_per_side", type=int, default=S,
+    pr.add_argument("--points-per-side", dest="everything.points_per_side", type=int, default=S,
                     help="prompts everything: n x n point grid (default 32; everything: section for the rest)")  # fmt: skip
-    pr.add_argument("--everything-class", dest="everything_class_name", default=S,
+    pr.add_argument("--everything-class", dest="everything.class_name", default=S,
                     help="prompts everything: the one class name (default object)")  # fmt: skip
     pr.add_argument("--detector-masks", dest="detector_masks", choices=["ignore", "prompt", "keep_better"], default=S,
                     help="a -seg detector's masks: ignore (default), SAM mask prompt, or keep_better")  # fmt: skip
@@ -124,7 +125,7 @@ def _add_annotate_args(p: argparse.ArgumentParser) -> None:
     o.add_argument("--compat", choices=["none", "ultralytics"], default=S, help="ultralytics: polygons exactly as masks.xyn")
     r = p.add_argument_group("run")
     r.add_argument("--engine", choices=["local", "ray"], default=S, help="local (default) or ray")
-    r.add_argument("--address", dest="ray_address", default=S, help="Ray cluster to join: auto | head-host:6379 (engine ray; token auth: docs/cluster.md)")
+    r.add_argument("--address", dest="ray.address", default=S, help="Ray cluster to join: auto | head-host:6379 (engine ray; token auth: docs/cluster.md)")
     r.add_argument("--batch-size", dest="batch_size", type=int, default=S)
     r.add_argument("--workers", type=int, default=S, help="CPU threads decoding/letterboxing and polygonizing (default: cores)")
     r.add_argument("--compile", action="store_true", default=S, help="torch.compile the SAM image encoder (long GPU runs)")
@@ -177,13 +178,14 @@ def _settings(ns: argparse.Namespace) -> dict[str, Any]:
 
     settings: dict[str, Any] = load_config_file(ns.config) if ns.config else {}
     cli_only = {"config", "json", "quiet", "max_failures", "command"}
-    settings.update({k: v for k, v in vars(ns).items() if k not in cli_only})
-    if "ray_address" in settings:  # --address: the one Ray setting with a flag; the rest live in ray: (YAML)
-        settings["ray"] = {**(settings.get("ray") or {}), "address": settings.pop("ray_address")}
-    for flag in ("everything_points_per_side", "everything_class_name"):  # flags into the everything: section
-        if flag in settings:
-            key = flag.removeprefix("everything_")
-            settings["everything"] = {**(settings.get("everything") or {}), key: settings.pop(flag)}
+    for name, value in vars(ns).items():
+        if name in cli_only:
+            continue
+        section, dot, key = name.partition(".")  # "section.key" flags (--address ...) go into that section
+        if dot:
+            settings[section] = {**(settings.get(section) or {}), key: value}
+        else:
+            settings[name] = value
     if isinstance(settings.get("weights_sha256"), list):
         pins = {}
         for pair in settings["weights_sha256"]:
@@ -206,10 +208,9 @@ def cmd_annotate(ns: argparse.Namespace) -> int:
             raise AnnotatorError("no input: pass DATA (a folder of images) or set 'data' in the --config file")
         settings.setdefault("progress", not ns.quiet and sys.stderr.isatty())
         cfg = make_config(**settings)
-        with _stop_on_signals() as stopped:
+        with _stop_on_signals():
             summary = run(cfg)
-            if stopped:  # the signal came after the last result, its raise dropped: the run ended, still say so
-                raise Interrupted(stopped[0])
+            interrupt.raise_if_requested()  # a signal after the last result, its raise dropped: still say so
     except Interrupted as e:
         print(
             f"annotator: interrupted by {e.signame}: stopped after the image in flight; every finished image is "
@@ -245,19 +246,16 @@ def _stop_on_signals():
     import signal
     import threading
 
-    from annotator import interrupt
-
     if threading.current_thread() is not threading.main_thread():
-        yield None
+        yield
         return
-    fired: list[str] = []
 
     def handler(signum, frame):
-        if fired:
+        if interrupt.requested():
             return
-        fired.append(signal.Signals(signum).name)
-        interrupt.request_stop(fired[0])  # kept: the raise below is dropped if it lands in a finaliser
-        raise Interrupted(fired[0])
+        name = signal.Signals(signum).name
+        interrupt.request_stop(name)  # kept: the raise below is dropped if it lands in a finaliser
+        raise Interrupted(name)
 
     def unraisable(info, _default=sys.unraisablehook):
         if info.exc_type is not Interrupted:  # ours is recorded, not lost: no "Exception ignored" traceback
@@ -266,9 +264,9 @@ def _stop_on_signals():
     old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     old_unraisable, sys.unraisablehook = sys.unraisablehook, unraisable
     try:
-        yield fired
+        yield
     except KeyboardInterrupt:  # raised by a library's own SIGINT handling (e.g. Ray's)
-        raise Interrupted(fired[0] if fired else "SIGINT") from None
+        raise Interrupted(interrupt.requested() or "SIGINT") from None
     finally:
         interrupt.clear()
         sys.unraisablehook = old_unraisable

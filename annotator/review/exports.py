@@ -37,9 +37,9 @@ def export_all(
 ) -> list[Path]:  # fmt: skip
     """Write the exports of ``tools`` (+ each one's review queue) into ``dest/<tool>`` (one tool: ``dest``;
     default ``output_dir/review/<tool>``); returns the written paths."""
-    from annotator.review.queue import write_review_queue
+    from annotator.review.queue import review_order, write_review_queue
 
-    first = disagreeing_images(run)
+    queue = None  # the same for every tool: computed once, after the first export
     written = []
     for tool in tools:
         where = Path(dest) / tool if dest is not None and len(tools) > 1 else Path(dest or run.output_dir / "review" / tool)
@@ -53,5 +53,7 @@ def export_all(
             written += export_cvat(run, where, style=cvat_style, images=cvat_images)
         else:
             raise ValueError(f"unknown review tool {tool!r}; choose from {', '.join(EXPORTERS)}")
-        written.append(write_review_queue(run, where, order=order, first=first))
+        if queue is None:
+            queue = review_order(run, order=order, first=disagreeing_images(run))
+        written.append(write_review_queue(run, where, rows=queue))
     return written

@@ -41,8 +41,8 @@ class QueueRow:
     weakest_class: str
     weakest_det_conf: float
     weakest_sam_score: float
-    #: the image file (a video frame's: the frame JPEG the run wrote); None = ``data_root / rel_path``
-    path: Path | None = None
+    #: the image file (a video frame's: the frame JPEG the run wrote)
+    path: Path
 
 
 def _row(img: FinishedImage, names: dict[int, str], order: str) -> QueueRow:
@@ -65,16 +65,19 @@ def review_order(run: FinishedRun, *, order: str = "lowest", first: Sequence[str
     return sorted(rows, key=lambda r: (top.get(r.rel_path, len(top)), r.score, r.rel_path))
 
 
-def write_review_queue(run: FinishedRun, dest: Path, *, order: str = "lowest", first: Sequence[str] = ()) -> Path:
+def write_review_queue(
+    run: FinishedRun, dest: Path, *, order: str = "lowest", first: Sequence[str] = (), rows: list[QueueRow] | None = None
+) -> Path:
     """``dest/review_queue.csv``: ``rank, rel_path, image_path, score, instances, weakest_class,
-    weakest_det_conf, weakest_sam_score``, one row per image, in review order."""
+    weakest_det_conf, weakest_sam_score``, one row per image, in review order (``rows``: :func:`review_order`'s
+    result when the caller has it already)."""
     from annotator.io_atomic import atomic_write_text
 
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["rank", "rel_path", "image_path", "score", "instances", "weakest_class", "weakest_det_conf", "weakest_sam_score"])
-    for k, r in enumerate(review_order(run, order=order, first=first), 1):
-        w.writerow([k, r.rel_path, str(r.path or run.data_root / r.rel_path), r.score, r.instances, r.weakest_class,
+    for k, r in enumerate(rows if rows is not None else review_order(run, order=order, first=first), 1):
+        w.writerow([k, r.rel_path, str(r.path), r.score, r.instances, r.weakest_class,
                     r.weakest_det_conf, r.weakest_sam_score])  # fmt: skip
     path = Path(dest) / "review_queue.csv"
     path.parent.mkdir(parents=True, exist_ok=True)
