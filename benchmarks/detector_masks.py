@@ -139,12 +139,9 @@ def main(argv=None) -> None:
     seg_model = seg_model or args.seg_model or args.workdir / "seg.pt"
     sam = args.sam
     if args.random_sam:
-        import torch
-        from ultralytics.models.sam import build
+        from annotator.random_weights import write_random_sam
 
-        torch.manual_seed(0)
-        sam = str(args.workdir / "sam2_t.pt")
-        torch.save(build.build_sam2_t(None).state_dict(), sam)
+        sam = str(write_random_sam(args.workdir, "sam2_t", seed=0))
     res = measure(seg_model, sam, args.images, (args.imgsz, args.imgsz))
     note = " (RANDOM weights: the SAM columns are meaningless)" if args.random_sam else ""
     print(f"detector {seg_model}, SAM {sam}{note}")

@@ -31,7 +31,6 @@ import numpy as np  # noqa: E402
 def main(argv=None) -> None:
     import torch
     from ultralytics import SAM
-    from ultralytics.models.sam import build
     from ultralytics.models.sam.predict import Predictor
 
     from annotator.config import make_config
@@ -59,9 +58,9 @@ def main(argv=None) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-everything-"))
     ckpt = a.sam_model
     if ckpt is None:
-        torch.manual_seed(0)
-        ckpt = tmp / "sam2_t.pt"
-        torch.save(build.build_sam2_t(None).state_dict(), ckpt)
+        from annotator.random_weights import write_random_sam
+
+        ckpt = write_random_sam(tmp, "sam2_t", seed=0)
     image, _ = make_shapes_image(np.random.default_rng(0), a.image_size, n_objects=(4, 6))
     ev = dict(points_per_side=a.points_per_side, points_per_batch=a.points_per_batch, pred_iou_min=a.pred_iou_min,
               stability_min=a.stability_min, stability_offset=a.stability_offset, nms_iou=a.nms_iou)  # fmt: skip

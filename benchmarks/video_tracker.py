@@ -228,11 +228,9 @@ def main(argv: list[str] | None = None) -> None:
     h, w = (int(v) for v in args.size.lower().split("x"))
     weights = args.weights
     if weights is None:
-        from ultralytics.models.sam import build
+        from annotator.random_weights import write_random_sam
 
-        torch.manual_seed(0)
-        weights = Path(tempfile.mkdtemp(prefix="bench-sam2-")) / "sam2_t.pt"
-        torch.save(build.build_sam2_t(None).state_dict(), weights)  # as tests/conftest.py _save_sam("build_sam2_t")
+        weights = write_random_sam(Path(tempfile.mkdtemp(prefix="bench-sam2-")), "sam2_t", seed=0)
     if args.versus_ultralytics:
         versus_ultralytics(args, weights, (h, w))
         return
