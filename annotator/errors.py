@@ -46,3 +46,24 @@ def describe_os_error(e: OSError, path: object = None) -> str:
     cause = (e.strerror or str(e) or type(e).__name__).strip().splitlines()[0]
     code = f" ({name})" if name else ""
     return f"{where}: {cause}{code}" if where is not None else f"{cause}{code}"
+
+
+class InputFileError(AnnotatorError):
+    """A file the user handed in (config, prompt labels or points, ground truth, review export) is unusable.
+
+    One error shape for every reader: the file, the place in it (a key path such as ``annotations[3].bbox``
+    or ``line 12``), what was expected and what was found. The CLI prints it as one line and exits 2.
+
+    Example:
+        >>> str(InputFileError("gt.json", "annotations[3].bbox", "4 finite numbers", "[1, 2]"))
+        'gt.json: annotations[3].bbox: expected 4 finite numbers, found [1, 2]'
+    """
+
+    def __init__(self, path: object, place: str, expected: str, found: object = None) -> None:
+        self.path, self.place, self.expected, self.found = str(path), place, expected, found
+        text = f"{self.path}: {place}: expected {expected}" if place else f"{self.path}: expected {expected}"
+        if found is not None:
+            shown = found if isinstance(found, str) else repr(found)
+            shown = shown.replace("\n", "\\n").replace("\r", "\\r")
+            text += f", found {shown[:80] + '...' if len(shown) > 80 else shown}"
+        super().__init__(text)
