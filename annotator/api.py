@@ -148,6 +148,8 @@ def run(cfg: AnnotateConfig, *, on_result: Callable | None = None, engine_option
                 summary = _nothing_to_process(cfg, models, plan)
             if videos is not None:
                 summary.videos = [v.to_dict() for v in videos[0]]
+                for v in videos[0]:
+                    summary.add_dropped(v.dropped)
                 summary.videos_unchanged, summary.videos_removed = videos[1].unchanged, len(videos[1].removed)
             summary.unchanged = plan.unchanged
             summary.removed = 0 if cfg.keep_deleted else len(plan.deleted)

@@ -41,6 +41,8 @@ class FinishedImage:
             frame's carry ``track_id`` and their track's final class (the vote, as in the frame's label file).
         video: a video frame's video (its path relative to the data root); None for an image.
         frame_index: a video frame's source frame number (from 0); None for an image.
+        dropped: the image's detections that gave no label row, by reason (``{"below_min_area_px": 1}``; empty
+            for none, for a video frame and for a ledger row written before drops were counted).
     """
 
     rel_path: str
@@ -50,6 +52,11 @@ class FinishedImage:
     instances: tuple[PolygonInstance, ...]
     video: str | None = None
     frame_index: int | None = None
+    dropped: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def dropped_total(self) -> int:
+        return sum(self.dropped.values())
 
     @property
     def review_score(self) -> float:
@@ -104,7 +111,8 @@ class FinishedRun:
                 row = ledger.get(rel)
                 if row is None or row.status not in _PROCESSED or row.image_hw is None:
                     continue
-                yield FinishedImage(rel, self.data_root / rel, row.image_hw, row.status, instances_from_json(row.result_json))
+                yield FinishedImage(rel, self.data_root / rel, row.image_hw, row.status,
+                                    instances_from_json(row.result_json), dropped=row.dropped)  # fmt: skip
             yield from self._frames(ledger)
         finally:
             ledger.close()

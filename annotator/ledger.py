@@ -16,8 +16,14 @@ seconds          processing seconds of this image
 image_h, image_w decoded size (None when not decoded)
 result_json      the image's instances (class, confidences, polygons in pixels, area, bbox, RLE):
                  every output format is rebuilt from it without running the models again
+dropped_json     detections that gave no label row, by reason: ``{"below_min_area_px": 2}`` (``{}``
+                 none; NULL for a row written before the column existed: unknown)
 updated_at       UNIX time of the last write
 ===============  ============================================================================
+
+Schema changes are additive: a column added later is appended to an existing ledger when it is opened
+(:func:`add_missing_columns`, ``PRAGMA user_version`` = :data:`SCHEMA_VERSION`), so an older output folder
+keeps working (its old rows read NULL in the new columns).
 
 Table ``meta``: ``output_fp`` (fingerprint of the format settings the label files were last written with).
 
@@ -58,10 +64,29 @@ CREATE TABLE IF NOT EXISTS items (
     image_h INTEGER,
     image_w INTEGER,
     result_json TEXT,
-    updated_at REAL NOT NULL
+    updated_at REAL NOT NULL,
+    dropped_json TEXT
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+
+#: 1: the first ledger; 2: ``items.dropped_json`` (and ``videos.dropped_json``)
+SCHEMA_VERSION = 2
+
+#: columns added after version 1, appended to older ledgers on open: table -> ((column, SQL type), ...)
+ADDED_COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {"items": (("dropped_json", "TEXT"),)}
+
+
+def add_missing_columns(db: sqlite3.Connection, added: dict[str, tuple[tuple[str, str], ...]]) -> None:
+    """Append the ``added`` columns a ledger made by an older version lacks (``ALTER TABLE ... ADD COLUMN``:
+    existing rows read NULL there); tables that do not exist are left alone. Idempotent."""
+    for table, columns in added.items():
+        have = {r[1] for r in db.execute(f"PRAGMA table_info({table})")}
+        if not have:
+            continue
+        for name, decl in columns:
+            if name not in have:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {decl}")
 
 
 @dataclass(frozen=True)
@@ -114,6 +139,24 @@ class LedgerRow(ImageSizeColumns):
     image_h: int | None
     image_w: int | None
     result_json: str | None
+    dropped_json: str | None = None
+
+    @property
+    def dropped(self) -> dict[str, int]:
+        """``{reason: count}`` of the detections that gave no label row (empty when none or unknown)."""
+        return dropped_from_json(self.dropped_json)
+
+
+def dropped_to_json(dropped: dict[str, int]) -> str:
+    """``{reason: count}`` as compact JSON, reasons in :data:`~annotator.records.DROP_REASONS` order."""
+    from annotator.records import DROP_REASONS
+
+    return json.dumps({r: int(dropped[r]) for r in DROP_REASONS if dropped.get(r)}, separators=(",", ":"))
+
+
+def dropped_from_json(text: str | None) -> dict[str, int]:
+    """Inverse of :func:`dropped_to_json` (NULL: ``{}``)."""
+    return {str(k): int(v) for k, v in json.loads(text).items()} if text else {}
 
 
 def instances_to_json(instances: Iterable[PolygonInstance]) -> str:
@@ -178,6 +221,9 @@ class Ledger:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.executescript(_SCHEMA)
+            if self.db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+                add_missing_columns(self.db, ADDED_COLUMNS)
+                self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         except sqlite3.DatabaseError as e:
             raise ledger_error(e, self.path) from None
 
@@ -185,7 +231,7 @@ class Ledger:
     def get(self, rel_path: str) -> LedgerRow | None:
         cur = self.db.execute(
             "SELECT rel_path, size, mtime_ns, sha256, model_fp, status, reason, instances, seconds, image_h, image_w,"
-            " result_json FROM items WHERE rel_path = ?",
+            " result_json, dropped_json FROM items WHERE rel_path = ?",
             (rel_path,),
         )
         row = cur.fetchone()
@@ -214,7 +260,7 @@ class Ledger:
         processed = result.status in (ImageStatus.OK, ImageStatus.EMPTY)
         self._write(
             "INSERT OR REPLACE INTO items (rel_path, size, mtime_ns, sha256, model_fp, status, reason, instances,"
-            " seconds, image_h, image_w, result_json, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            " seconds, image_h, image_w, result_json, updated_at, dropped_json) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 result.item.rel_path,
                 stat.size,
@@ -229,6 +275,7 @@ class Ledger:
                 w,
                 instances_to_json(result.instances) if processed else None,
                 time.time(),
+                dropped_to_json(result.dropped),
             ),
         )
 

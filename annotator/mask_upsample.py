@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from annotator.records import Detections, Instance, MaskCrop
+from annotator.records import Detections, DropReason, Instance, MaskCrop, add_dropped
 
 SAM_INPUT_PX = 1024  # square input side of every SAM / SAM 2 image encoder
 LOWRES_PX = 256  # side of the mask decoder's logits
@@ -147,12 +147,18 @@ class MaskFinisher:
     threshold: float = 0.0
     keep_detector_masks: bool = False
 
-    def __call__(self, out, det: Detections, image_hw: tuple[int, int]) -> list[Instance]:
+    def __call__(
+        self, out, det: Detections, image_hw: tuple[int, int], dropped: dict[str, int] | None = None
+    ) -> list[Instance]:
+        """The kept masks as instances, in detection order; each dropped one is counted in ``dropped`` (when
+        given) under its :class:`~annotator.records.DropReason`."""
+        dropped = {} if dropped is None else dropped
         if len(out) != len(det):
             raise ValueError(f"SamOutput has {len(out)} masks but the detections {len(det)} boxes")
         scores = np.asarray(out.scores)
         keep_det = self.keep_detector_masks and det.det_masks is not None
         keep = np.flatnonzero(scores > self.min_score) if not keep_det else np.arange(len(det))
+        add_dropped(dropped, DropReason.SAM_SCORE, len(det) - keep.size)
         if keep.size == 0:
             return []
         logits = out.logits_lowres[keep]
@@ -166,8 +172,10 @@ class MaskFinisher:
                 if keeps_detector_mask(float(scores[k]), float(det.det_conf[k]), crop.area_px == 0, det.det_masks[k]):
                     crop = det.det_masks[k]
                 elif scores[k] <= self.min_score:
+                    add_dropped(dropped, DropReason.SAM_SCORE)
                     continue
             if crop.area_px == 0:
+                add_dropped(dropped, DropReason.EMPTY_MASK)
                 continue  # an empty mask has no polygon; its detection is dropped, nothing else moves
             box = det.xyxy_px[k].copy()
             if not box_used[k]:

@@ -42,7 +42,7 @@ from shapely.geometry import Polygon
 from shapely.geometry.polygon import orient
 
 from annotator.formats.yolo import merge_multi_segment
-from annotator.records import Instance, MaskCrop, PolygonInstance
+from annotator.records import DropReason, Instance, MaskCrop, PolygonInstance, add_dropped
 
 __all__ = [
     "DEFAULT_MIN_AREA_PX",
@@ -225,8 +225,9 @@ class Polygonizer:
         with_rle: also attach the exact COCO RLE of each mask.
         compat: ``"none"`` (simplified, valid polygons) or ``"ultralytics"`` (exactly ``masks2segments``).
 
-    An instance whose mask gives no polygon is dropped; every output is built from its own input instance
-    (class id, scores and mask travel together). Inputs are never modified.
+    An instance whose mask gives no polygon is dropped and counted (``dropped``, see :meth:`drop_reason`); every
+    output is built from its own input instance (class id, scores and mask travel together). Inputs are never
+    modified.
 
     Example:
         >>> full = np.zeros((64, 64), bool); full[10:40, 20:50] = True
@@ -266,11 +267,30 @@ class Polygonizer:
             mask, tolerance_px=self.tolerance_px, min_area_px=self.min_area_px, multipart=self.multipart
         )
 
-    def __call__(self, instances: Sequence[Instance]) -> list[PolygonInstance]:
+    def drop_reason(self, mask: MaskCrop) -> DropReason:
+        """Why ``mask`` gave no polygon: empty, every part under ``min_area_px``, or degenerate (no part with
+        3 distinct vertices and positive area, e.g. a 1-pixel line).
+
+        Example:
+            >>> full = np.zeros((20, 20), bool); full[2:4, 2:4] = True  # a 2x2 blob: polygon area 1 < 4
+            >>> Polygonizer().drop_reason(MaskCrop.from_full(full)).value
+            'below_min_area_px'
+        """
+        if mask.bitmap.size == 0 or not mask.bitmap.any():
+            return DropReason.EMPTY_MASK
+        if self.compat == "none" and self.min_area_px > 0:
+            if mask_to_polygons(mask, tolerance_px=self.tolerance_px, min_area_px=0.0, multipart="largest"):
+                return DropReason.MIN_AREA
+        return DropReason.DEGENERATE
+
+    def __call__(self, instances: Sequence[Instance], dropped: dict[str, int] | None = None) -> list[PolygonInstance]:
+        """Polygonize ``instances``; each one without a polygon is counted in ``dropped`` (when given) by reason."""
         out: list[PolygonInstance] = []
         for inst in instances:
             polys = self.polygons(inst.mask)
             if not polys:
+                if dropped is not None:
+                    add_dropped(dropped, self.drop_reason(inst.mask))
                 continue
             out.append(
                 PolygonInstance(

@@ -37,6 +37,38 @@ class ImageStatus(str, Enum):
     FAILED = "failed"  # any other error while processing (the reason says which)
 
 
+class DropReason(str, Enum):
+    """Why a detection (a prompt box, a point prompt, an "everything" candidate, a tracked object in a frame)
+    did not become a label row. The string values are stable: they are the keys of ``ImageResult.dropped``,
+    of ``run_report.json``'s ``dropped`` and of the ledger's ``dropped_json``.
+
+    Candidates the detector itself never returned (under ``conf``, removed by its NMS, outside ``classes``) and
+    the ``prompts: everything`` grid points that its own thresholds and NMS discard are not detections: they
+    are not counted.
+    """
+
+    SAM_SCORE = "below_sam_min_score"  # the segmenter's score is <= sam_min_score
+    EMPTY_MASK = "empty_mask"  # the mask covers no pixel of the image
+    MIN_AREA = "below_min_area_px"  # every part of the mask is smaller than min_area_px (polygon area)
+    DEGENERATE = "degenerate_polygon"  # no part gives a polygon of >= 3 distinct vertices (a line, a pixel)
+
+
+#: every drop reason, in the order reports list them
+DROP_REASONS: tuple[str, ...] = tuple(r.value for r in DropReason)
+
+
+def add_dropped(into: dict[str, int], reason: DropReason | str, n: int = 1) -> None:
+    """Count ``n`` detections dropped for ``reason`` in the per-image ``{reason: count}`` dict ``into``.
+
+    Example:
+        >>> d = {}; add_dropped(d, DropReason.MIN_AREA); add_dropped(d, "empty_mask", 2); d
+        {'below_min_area_px': 1, 'empty_mask': 2}
+    """
+    key = DropReason(reason).value
+    if n:
+        into[key] = into.get(key, 0) + int(n)
+
+
 @dataclass(frozen=True)
 class SourceItem:
     """One input file found under the data root.
@@ -258,6 +290,8 @@ class ImageResult:
         instances: polygonized instances (empty unless status is OK).
         reason: one line explaining a non-OK, non-EMPTY status.
         seconds: wall seconds spent per stage on this image, e.g. ``{"decode": 0.01}``.
+        dropped: detections of this image that did not become a label row, by reason (:data:`DROP_REASONS`),
+            e.g. ``{"below_min_area_px": 2}``; only non-zero counts are present.
     """
 
     item: SourceItem
@@ -266,3 +300,4 @@ class ImageResult:
     instances: tuple[PolygonInstance, ...] = ()
     reason: str = ""
     seconds: dict[str, float] = field(default_factory=dict)
+    dropped: dict[str, int] = field(default_factory=dict)

@@ -335,17 +335,19 @@ class CpuSteps:
         if isinstance(x, ImageResult):
             return x
         t0 = time.perf_counter()
+        dropped: dict[str, int] = {}  # every detection that gives no label row, by reason (records.DropReason)
         try:
-            instances = self.finisher(x.sam_output, x.detections, x.image_hw) if len(x.detections) else []
+            instances = self.finisher(x.sam_output, x.detections, x.image_hw, dropped) if len(x.detections) else []
         except Exception as e:  # noqa: BLE001
             return ImageResult(x.item, ImageStatus.FAILED, x.image_hw, reason=f"masks: {one_line(e)}")
         t1 = time.perf_counter()
         try:
-            polys = [*self.polygonizer(instances), *x.kept]
+            polys = [*self.polygonizer(instances, dropped), *x.kept]
         except Exception as e:  # noqa: BLE001
             return ImageResult(x.item, ImageStatus.FAILED, x.image_hw, reason=f"polygonize: {one_line(e)}")
         secs = {**x.seconds, "segment": x.seconds.get("segment", 0.0) + t1 - t0, "polygonize": time.perf_counter() - t1}
-        return ImageResult(x.item, ImageStatus.OK if polys else ImageStatus.EMPTY, x.image_hw, tuple(polys), seconds=secs)
+        status = ImageStatus.OK if polys else ImageStatus.EMPTY
+        return ImageResult(x.item, status, x.image_hw, tuple(polys), seconds=secs, dropped=dropped)
 
 
 @dataclass(frozen=True)

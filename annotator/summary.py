@@ -6,7 +6,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from annotator.records import ImageResult, ImageStatus
+from annotator.records import DROP_REASONS, ImageResult, ImageStatus
 
 _PROCESSED = (ImageStatus.OK, ImageStatus.EMPTY)
 
@@ -37,6 +37,9 @@ class RunSummary:
         videos: one ``{"rel_path", "status", "reason", "frames_read", "frames_written", "tracks", "instances",
             "seconds"}`` per video labelled (or refused) by this run; ``videos_unchanged``: finished videos
             skipped; ``videos_removed``: videos deleted since the last run whose outputs were removed.
+        dropped: detections that did not become a label row, by reason (:data:`annotator.records.DROP_REASONS`),
+            summed over this run's images and videos, e.g. ``{"below_min_area_px": 3}`` (only non-zero counts);
+            ``images_with_drops``: images (and video frames' videos) of this run with at least one.
         engine_stats: figures the engine measured (local: ``model_busy_s``, ``model_thread_s``, the share of
             the model thread's time spent in model calls).
     """
@@ -68,6 +71,8 @@ class RunSummary:
     videos: list[dict] = field(default_factory=list)
     videos_unchanged: int = 0
     videos_removed: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+    images_with_drops: int = 0
 
     @property
     def instances(self) -> int:
@@ -94,6 +99,19 @@ class RunSummary:
             self.instances_per_class[k] = self.instances_per_class.get(k, 0) + v
         for stage, s in result.seconds.items():
             self.seconds_per_stage[stage] = self.seconds_per_stage.get(stage, 0.0) + s
+        self.add_dropped(result.dropped)
+
+    def add_dropped(self, dropped: dict[str, int]) -> None:
+        """Count one image's (or one video's) ``{reason: n}`` dropped detections."""
+        if any(dropped.values()):
+            self.images_with_drops += 1
+        for reason, n in dropped.items():
+            if n:
+                self.dropped[reason] = self.dropped.get(reason, 0) + int(n)
+
+    @property
+    def dropped_total(self) -> int:
+        return sum(self.dropped.values())
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -102,6 +120,8 @@ class RunSummary:
                 d[k] = str(v)
         d["exports"] = [str(p) for p in self.exports]
         d["instances"] = self.instances
+        d["dropped"] = {r: self.dropped[r] for r in DROP_REASONS if self.dropped.get(r)}
+        d["dropped_total"] = self.dropped_total
         d["seconds_per_stage"] = {k: round(v, 4) for k, v in self.seconds_per_stage.items()}
         return d
 
@@ -111,8 +131,12 @@ class RunSummary:
         extra += f", {self.removed} removed" if self.removed else ""
         line = (
             f"{self.images_seen} images: {self.annotated} annotated, {self.empty} empty, {self.failed} failed"
-            f"{extra}; {self.instances} instances; {self.images_per_s:.2f} images/s"
+            f"{extra}; {self.instances} instances"
         )
+        if self.dropped_total:
+            line += f" ({self.dropped_total} detections dropped in {self.images_with_drops} images: " + ", ".join(
+                f"{self.dropped[r]} {r}" for r in DROP_REASONS if self.dropped.get(r)) + ")"  # fmt: skip
+        line += f"; {self.images_per_s:.2f} images/s"
         if self.videos or self.videos_unchanged:
             frames = sum(v["frames_written"] for v in self.videos)
             line += (f"; {len(self.videos)} videos ({frames} frames, {self.videos_failed} not ok), "

@@ -45,14 +45,17 @@ def test_review_queue_orders_by_weakest_instance(annotated):
 
     rows = list(csv.DictReader((annotated / "review" / "cvat" / "review_queue.csv").open()))
     run = open_finished(annotated)
-    assert [r["rel_path"] for r in rows] == sorted((img.rel_path for img in run.images()),
-                                                   key=lambda rel: (float(next(r["score"] for r in rows if r["rel_path"] == rel)), rel))  # fmt: skip
+    by_queue = {r["rel_path"]: r for r in rows}
+    # images with dropped detections first (most first), then the weakest instance
+    assert [r["rel_path"] for r in rows] == sorted((img.rel_path for img in run.images()), key=lambda rel: (
+        -int(by_queue[rel]["dropped"]), float(by_queue[rel]["score"]), rel))  # fmt: skip
     by_rel = {img.rel_path: img for img in run.images()}
     for r in rows:
         img = by_rel[r["rel_path"]]
         expected = min((i.det_conf * i.sam_score for i in img.instances), default=1.0)
         assert float(r["score"]) == pytest.approx(expected, abs=1e-6)
         assert int(r["instances"]) == len(img.instances)
+        assert int(r["dropped"]) == sum(img.dropped.values())
     assert [int(r["rank"]) for r in rows] == list(range(1, len(rows) + 1))
 
 

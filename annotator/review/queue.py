@@ -11,7 +11,9 @@ Orders:
 * ``uncertain``: the instance score closest to 0.5 first (neither clearly right nor clearly wrong).
 
 Images named in ``first`` (e.g. those that disagree with a hand-labelled subset, ``annotator eval``) go to
-the very top, in the order given. The queue holds one small row per image, never the polygons.
+the very top, in the order given; then the images with dropped detections (a detection that gave no label row:
+too small, low SAM score, empty mask; see :class:`annotator.records.DropReason`), most dropped first: an
+object may be missing from their labels. Then the order above. The queue holds one small row per image, never the polygons.
 
 Example:
     >>> rows = review_order(open_finished("runs/street"))  # doctest: +SKIP
@@ -43,16 +45,18 @@ class QueueRow:
     weakest_sam_score: float
     #: the image file (a video frame's: the frame JPEG the run wrote)
     path: Path
+    #: detections of the image that gave no label row (all reasons together)
+    dropped: int = 0
 
 
 def _row(img: FinishedImage, names: dict[int, str], order: str) -> QueueRow:
     if not img.instances:
-        return QueueRow(img.rel_path, 1.0 if order == "lowest" else 0.5, 0, "", 1.0, 1.0, img.path)
+        return QueueRow(img.rel_path, 1.0 if order == "lowest" else 0.5, 0, "", 1.0, 1.0, img.path, img.dropped_total)
     key = (lambda i: i.det_conf * i.sam_score) if order == "lowest" else (lambda i: abs(i.det_conf * i.sam_score - 0.5))
     weakest = min(img.instances, key=key)
     return QueueRow(
         img.rel_path, round(key(weakest), 6), len(img.instances), names.get(weakest.class_id, str(weakest.class_id)),
-        round(weakest.det_conf, 6), round(weakest.sam_score, 6), img.path,
+        round(weakest.det_conf, 6), round(weakest.sam_score, 6), img.path, img.dropped_total,
     )  # fmt: skip
 
 
@@ -62,23 +66,23 @@ def review_order(run: FinishedRun, *, order: str = "lowest", first: Sequence[str
         raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
     rows = [_row(img, run.names, order) for img in run.images()]
     top = {rel: k for k, rel in enumerate(first)}
-    return sorted(rows, key=lambda r: (top.get(r.rel_path, len(top)), r.score, r.rel_path))
+    return sorted(rows, key=lambda r: (top.get(r.rel_path, len(top)), -r.dropped, r.score, r.rel_path))
 
 
 def write_review_queue(
     run: FinishedRun, dest: Path, *, order: str = "lowest", first: Sequence[str] = (), rows: list[QueueRow] | None = None
 ) -> Path:
     """``dest/review_queue.csv``: ``rank, rel_path, image_path, score, instances, weakest_class,
-    weakest_det_conf, weakest_sam_score``, one row per image, in review order (``rows``: :func:`review_order`'s
+    weakest_det_conf, weakest_sam_score, dropped``, one row per image, in review order (``rows``: :func:`review_order`'s
     result when the caller has it already)."""
     from annotator.io_atomic import atomic_write_text
 
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["rank", "rel_path", "image_path", "score", "instances", "weakest_class", "weakest_det_conf", "weakest_sam_score"])
+    w.writerow(["rank", "rel_path", "image_path", "score", "instances", "weakest_class", "weakest_det_conf", "weakest_sam_score", "dropped"])
     for k, r in enumerate(rows if rows is not None else review_order(run, order=order, first=first), 1):
         w.writerow([k, r.rel_path, str(r.path), r.score, r.instances, r.weakest_class,
-                    r.weakest_det_conf, r.weakest_sam_score])  # fmt: skip
+                    r.weakest_det_conf, r.weakest_sam_score, r.dropped])  # fmt: skip
     path = Path(dest) / "review_queue.csv"
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, buf.getvalue(), root=path.parent)

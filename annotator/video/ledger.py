@@ -35,7 +35,8 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from annotator.ledger import FileStat, ImageSizeColumns, Ledger, instances_from_json, instances_to_json, ledger_error
+from annotator.ledger import (FileStat, ImageSizeColumns, Ledger, add_missing_columns, dropped_to_json, instances_from_json,
+                              instances_to_json, ledger_error)  # fmt: skip
 from annotator.records import PolygonInstance
 
 #: statuses a re-run redoes even when neither the file nor the settings changed
@@ -60,7 +61,8 @@ CREATE TABLE IF NOT EXISTS videos (
     image_h INTEGER,
     image_w INTEGER,
     tracks_json TEXT,
-    updated_at REAL NOT NULL
+    updated_at REAL NOT NULL,
+    dropped_json TEXT
 );
 CREATE TABLE IF NOT EXISTS video_frames (
     video TEXT NOT NULL,
@@ -112,6 +114,7 @@ class VideoLedger:
         self.db = ledger.db
         try:
             self.db.executescript(_SCHEMA)
+            add_missing_columns(self.db, {"videos": (("dropped_json", "TEXT"),)})  # a ledger of schema 1
         except sqlite3.DatabaseError as e:
             raise ledger_error(e, ledger.path) from None
 
@@ -177,15 +180,16 @@ class VideoLedger:
     def finish(
         self, rel_path: str, *, status: str, reason: str = "", frames_read: int = 0, frames_written: int = 0,
         tracks: int = 0, instances: int = 0, seconds: float = 0.0, image_hw: tuple[int, int] | None = None,
-        tracks_json: str | None = None,
+        tracks_json: str | None = None, dropped: dict[str, int] | None = None,
     ) -> None:  # fmt: skip
-        """Record the video's final status (after its files are in place)."""
+        """Record the video's final status (after its files are in place); ``dropped``: the tracked objects of its
+        frames that gave no label row, by reason (``dropped_json``)."""
         h, w = image_hw if image_hw else (None, None)
         self.ledger._write(
             "UPDATE videos SET status=?, reason=?, frames_read=?, frames_written=?, tracks=?, instances=?, seconds=?,"
-            " image_h=?, image_w=?, tracks_json=?, updated_at=? WHERE rel_path=?",
+            " image_h=?, image_w=?, tracks_json=?, updated_at=?, dropped_json=? WHERE rel_path=?",
             (status, reason, frames_read, frames_written, tracks, instances, seconds, h, w, tracks_json, time.time(),
-             rel_path),
+             dropped_to_json(dropped or {}), rel_path),
         )  # fmt: skip
 
     def forget(self, rel_paths: Sequence[str]) -> None:

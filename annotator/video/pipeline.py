@@ -32,7 +32,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import cv2
@@ -63,6 +63,8 @@ class VideoResult:
         frames_read: source frames read; frames_written: labelled frames written (JPEG + label each).
         tracks: tracks started; instances: polygons written over all frames.
         seconds: wall seconds spent on the video.
+        dropped: tracked objects of its frames that gave no label row, by reason (``{"below_min_area_px": 4}``;
+            see :class:`annotator.records.DropReason`).
     """
 
     rel_path: str
@@ -73,6 +75,7 @@ class VideoResult:
     tracks: int = 0
     instances: int = 0
     seconds: float = 0.0
+    dropped: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -190,6 +193,7 @@ class VideoLabeller:
         self.detector = detector
         self.tracker = tracker
         self.polygonizer = polygonizer
+        self._dropped: dict[str, int] = {}  # the current video's tracked objects without a polygon, by reason
 
     @classmethod
     def build(cls, cfg, models, *, tracker_factory=None, detector: FrameDetector | None = None) -> VideoLabeller:
@@ -225,6 +229,7 @@ class VideoLabeller:
         self.tracker.reset()
         written = instances = 0
         image_hw: tuple[int, int] | None = None
+        self._dropped: dict[str, int] = {}
         with VideoStream(item.path) as video, open(staging / FRAMES_FILENAME, "w", encoding="utf-8") as rows:
             for k, (frame_index, frame) in enumerate(video.frames(cfg.frame_stride)):
                 h, w = frame.shape[:2]
@@ -256,7 +261,7 @@ class VideoLabeller:
             status = "truncated"
             reason = (f"decoding stopped after {frames_read} of {declared} declared frames (cut or damaged file); "
                       "the frames read are labelled")  # fmt: skip
-        result = VideoResult(rel, status, reason, frames_read, written, len(tracks), instances)
+        result = VideoResult(rel, status, reason, frames_read, written, len(tracks), instances, dropped=self._dropped)
         return LabelledVideo(result, staging, image_hw, json.dumps([asdict(t) for t in tracks]))
 
     def _polygons(self, objects: list[TrackedObject]) -> list[PolygonInstance]:
@@ -265,7 +270,7 @@ class VideoLabeller:
         for obj in objects:
             # det_index -1: a tracked mask has no position in a detector output (its identity is track_id)
             inst = Instance(obj.class_id, obj.det_conf, _bbox_xyxy(obj.mask), obj.sam_score, obj.mask, -1)
-            for p in self.polygonizer([inst]):  # zero or one, built from this object alone
+            for p in self.polygonizer([inst], self._dropped):  # zero or one, built from this object alone
                 out.append(replace(p, track_id=int(obj.track_id)))
         return out
 
