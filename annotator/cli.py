@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -68,6 +69,33 @@ def _is_int(x: str) -> bool:
         return False
 
 
+def finite_float(text: str) -> float:
+    """argparse type: a finite number (``nan`` and ``inf`` refused in one line, exit 2)."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, found {text!r}") from None
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"expected a finite number, found {text!r}")
+    return v
+
+
+def int_at_least(low: int):
+    """argparse type: an integer ``>= low`` (e.g. ``--per-page 0``, ``--max-failures -1`` refused, exit 2)."""
+
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, found {text!r}") from None
+        if v < low:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, found {v}")
+        return v
+
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
 class _OneLineParser(argparse.ArgumentParser):
     """argparse, but a bad argument is one line (what is wrong + where to look), exit 2."""
 
@@ -89,14 +117,14 @@ def _add_annotate_args(p: argparse.ArgumentParser) -> None:
         help="load weight files that pickle objects outside the safe allow-list (runs their code)",
     )
     d = p.add_argument_group("detector")
-    d.add_argument("--conf", type=float, default=S, help="confidence threshold in [0, 1] (default 0.25)")
-    d.add_argument("--iou", type=float, default=S, help="NMS IoU threshold in [0, 1] (default 0.45)")
+    d.add_argument("--conf", type=finite_float, default=S, help="confidence threshold in [0, 1] (default 0.25)")
+    d.add_argument("--iou", type=finite_float, default=S, help="NMS IoU threshold in [0, 1] (default 0.45)")
     d.add_argument("--imgsz", type=int, default=S, help="input size, a multiple of 32 (default 640)")
     d.add_argument("--max-det", dest="max_det", type=int, default=S, help="max detections per image (default 300)")
     d.add_argument(
         "--classes", nargs="+", action=_IntsThenData, default=S, help="keep only these class ids, e.g. --classes 0 2"
     )
-    d.add_argument("--sam-min-score", dest="sam_min_score", type=float, default=S, help="drop masks with SAM score <= this (0.25)")
+    d.add_argument("--sam-min-score", dest="sam_min_score", type=finite_float, default=S, help="drop masks with SAM score <= this (0.25)")
     pr = p.add_argument_group("prompts")
     pr.add_argument("--prompts", choices=["detector", "boxes", "points", "everything"], default=S,
                     help="detector (default), existing box labels, a file of point prompts, or everything (a point "
@@ -117,8 +145,8 @@ def _add_annotate_args(p: argparse.ArgumentParser) -> None:
     o.add_argument("--coco-segmentation", dest="coco_segmentation", choices=["polygon", "rle"], default=S)
     o.add_argument("--save-conf", dest="save_conf", action="store_true", default=S, help="also write scores.csv (conf per label row)")
     o.add_argument("--multipart", choices=["join", "largest"], default=S, help="several-part masks in YOLO rows")
-    o.add_argument("--simplify-tolerance-px", dest="simplify_tolerance_px", type=float, default=S)
-    o.add_argument("--min-area-px", dest="min_area_px", type=float, default=S)
+    o.add_argument("--simplify-tolerance-px", dest="simplify_tolerance_px", type=finite_float, default=S)
+    o.add_argument("--min-area-px", dest="min_area_px", type=finite_float, default=S)
     o.add_argument("--export", dest="exports", nargs="+", choices=["labelstudio", "cvat", "page"], default=S,
                    help="also write review files into OUTPUT_DIR/review/ (annotator export / review do it later)")
     o.add_argument("--review-image-root", dest="review_image_root", default=S, help="Label Studio: URL prefix of the images")
@@ -131,12 +159,12 @@ def _add_annotate_args(p: argparse.ArgumentParser) -> None:
     r.add_argument("--compile", action="store_true", default=S, help="torch.compile the SAM image encoder (long GPU runs)")
     r.add_argument("--max-pixels", dest="max_pixels", type=int, default=S)
     r.add_argument("--torch-threads", dest="torch_threads", type=int, default=S, help="CPU threads for the models (all cores)")
-    r.add_argument("--max-failures", dest="max_failures", type=int, default=0, help="failed images + videos tolerated before exit 1")
+    r.add_argument("--max-failures", dest="max_failures", type=int_at_least(0), default=0, help="failed images + videos tolerated before exit 1")
     v = p.add_argument_group("videos (.mp4 .mov .avi .mkv .webm in data)")
     v.add_argument("--frame-stride", dest="frame_stride", type=int, default=S, help="label every n-th source frame (default 1)")
     v.add_argument("--keyframe-interval", dest="keyframe_interval", type=int, default=S,
                    help="detector on every n-th labelled frame (default 5)")
-    v.add_argument("--track-match-iou", dest="track_match_iou", type=float, default=S,
+    v.add_argument("--track-match-iou", dest="track_match_iou", type=finite_float, default=S,
                    help="mask IoU for a keyframe detection to refresh a track (default 0.5)")
     v.add_argument("--track-max-missing", dest="track_max_missing", type=int, default=S,
                    help="keyframes in a row without a mask before a track ends (default 3)")

@@ -24,6 +24,8 @@ from annotator.review.exports import EXPORTERS
 
 def add_commands(sub) -> None:
     """Add the three sub-commands to ``annotator``'s sub-parsers."""
+    from annotator.cli import int_at_least  # here: annotator.cli imports this module when it builds its parser
+
     e = sub.add_parser("export", help="review files (Label Studio, CVAT) from a finished output folder")
     e.add_argument("output_dir", help="the output_dir of a finished 'annotator annotate' run")
     e.add_argument("--to", nargs="+", choices=EXPORTERS, required=True, help="one or more review tools")
@@ -37,7 +39,7 @@ def add_commands(sub) -> None:
     r = sub.add_parser("review", help="a static HTML review page (opens from disk) of a finished output folder")
     r.add_argument("output_dir")
     r.add_argument("--dest", default=None, help="default: OUTPUT_DIR/review/page")
-    r.add_argument("--per-page", dest="per_page", type=int, default=200)
+    r.add_argument("--per-page", dest="per_page", type=int_at_least(1), default=200, help="images per page (>= 1)")
     r.add_argument("--overlays", action="store_true", help="also write one overlay PNG per image")
     v = sub.add_parser("eval", help="COCO mask/box AP of a finished run against a hand-labelled subset")
     v.add_argument("output_dir")

@@ -180,10 +180,35 @@ class _Walker:
                 self.refused[rel] = _special_file_reason(path)
 
     def result(self, root: Path) -> ScanResult:
+        for found in (self.items, self.videos):
+            for rel in [r for r in found if name_problem(r)]:
+                self.refused[rel] = name_problem(rel)  # type: ignore[assignment]
+                del found[rel]
         items = [self.items[k] for k in sorted(self.items)]
-        refused = sorted(self.refused.items())
+        refused = sorted((printable_name(k), v) for k, v in self.refused.items())
         videos = [self.videos[k] for k in sorted(self.videos)]
         return ScanResult(root=root, items=items, refused=refused, videos=videos)
+
+
+def printable_name(name: str) -> str:
+    """``name`` safe to print and to store as UTF-8: bytes of a non-UTF-8 file name (``os.fsdecode`` made them
+    lone surrogates) shown as ``\\xff``.
+
+    Example:
+        >>> printable_name(os.fsdecode(b"bad\\xff.jpg")), printable_name("ok.jpg")
+        ('bad\\\\xff.jpg', 'ok.jpg')
+    """
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def name_problem(rel: str) -> str | None:
+    """Why an input's relative path can not key its outputs, or None: a file name that is not valid UTF-8
+    (the ledger, the COCO JSON and every review file store names as UTF-8 text)."""
+    try:
+        rel.encode("utf-8")
+    except UnicodeEncodeError:
+        return "file name is not valid UTF-8 (the outputs store names as UTF-8 text): rename it"
+    return None
 
 
 def _special_file_reason(path: Path) -> str:

@@ -160,10 +160,12 @@ def yolo_label_relpath(rel_image_path: str) -> str:
         ('sub/a.txt', 'b.tar.txt')
     """
     p = PurePosixPath(rel_image_path)
-    if not rel_image_path or p.is_absolute() or ".." in p.parts or "\\" in rel_image_path:
+    # a backslash is an ordinary character of a POSIX file name (``a\\b.jpg`` -> ``a\\b.txt``, one file); only
+    # where it is the separator (Windows) would it name another folder
+    if not rel_image_path or p.is_absolute() or ".." in p.parts or (os.sep == "\\" and "\\" in rel_image_path):
         raise ValueError(
-            f"rel_image_path must be a POSIX path relative to the data root (no leading '/', no '..', "
-            f"no backslashes), got {rel_image_path!r}"
+            f"rel_image_path must be a POSIX path relative to the data root (no leading '/', no '..'), "
+            f"got {rel_image_path!r}"
         )
     if p.name in ("", "."):
         raise ValueError(f"rel_image_path must name a file, got {rel_image_path!r}")

@@ -58,12 +58,12 @@ import shutil
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from typing import IO
-from xml.sax.saxutils import escape, quoteattr
 
 from annotator.errors import ConfigError
 from annotator.finished import FinishedImage, FinishedRun
 from annotator.formats.coco import coco_categories, coco_image_entry, instances_to_coco_annotations
 from annotator.io_atomic import atomic_write_text, atomic_writer, ensure_real_dir, temp_path_in
+from annotator.review.xml_text import xml_attr, xml_text
 
 __all__ = [
     "COCO_PATH", "IMAGE_MODES", "LABELS_PATH", "SCORE_ATTRIBUTES", "STYLES", "TRACK_ATTRIBUTE", "XML_PATH",
@@ -261,11 +261,11 @@ def _write_xml_image(
 ) -> int:
     """One ``<image>`` element; returns the last group id used."""
     out.write(
-        f"  <image id=\"{frame}\" name={quoteattr(entry['file_name'])} "
+        f"  <image id=\"{frame}\" name={xml_attr(entry['file_name'])} "
         f"width=\"{entry['width']}\" height=\"{entry['height']}\">\n"
     )
     for a in anns:
-        label = quoteattr(str(names[int(a["category_id"]) - 1]))
+        label = xml_attr(names[int(a["category_id"]) - 1])
         parts = a["segmentation"]
         group = ""
         if len(parts) > 1:
@@ -288,7 +288,7 @@ def _xml_meta(run: FinishedRun, names: Mapping[int, str], n_images: int, max_tra
     lines = [
         "  <meta>",
         "    <task>",
-        f"      <name>{escape(run.output_dir.name)}</name>",
+        f"      <name>{xml_text(run.output_dir.name)}</name>",
         f"      <size>{n_images}</size>",
         "      <mode>annotation</mode>",
         "      <overlap>0</overlap>",
@@ -302,7 +302,7 @@ def _xml_meta(run: FinishedRun, names: Mapping[int, str], n_images: int, max_tra
     for c in sorted(names):
         lines += [
             "        <label>",
-            f"          <name>{escape(str(names[c]))}</name>",
+            f"          <name>{xml_text(names[c])}</name>",
             "          <type>any</type>",
             "          <attributes>",
         ]
@@ -330,7 +330,7 @@ def _xml_meta(run: FinishedRun, names: Mapping[int, str], n_images: int, max_tra
     lines += [
         "      </labels>",
         "    </task>",
-        f"    <source>annotator {escape(run.model_version)}</source>",
+        f"    <source>annotator {xml_text(run.model_version)}</source>",
         "  </meta>",
     ]
     return "\n".join(lines) + "\n"

@@ -81,10 +81,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from urllib.parse import quote
-from xml.sax.saxutils import escape
 
 from annotator.finished import FinishedImage, FinishedRun
 from annotator.io_atomic import atomic_write_text
+from annotator.review.xml_text import xml_attr, xml_legal
 
 __all__ = ["export_labelstudio", "labeling_config", "image_url", "local_files_url", "task_for"]
 
@@ -95,7 +95,8 @@ _CLOUD_SCHEMES = ("s3://", "gs://", "azure-blob://")
 
 def labeling_config(names: dict[int, str]) -> str:
     """Label Studio labeling config for polygon review: an ``Image`` named ``image`` (``$image``) and one
-    ``PolygonLabels`` named ``label`` with a ``Label`` per class, in class-id order (values XML-escaped).
+    ``PolygonLabels`` named ``label`` with a ``Label`` per class, in class-id order (values escaped by
+    :mod:`annotator.review.xml_text`; ``tasks.json`` names the classes through the same :func:`xml_legal`).
 
     Example:
         >>> print(labeling_config({0: "cat", 1: 'a "b" & <c>'}))
@@ -108,7 +109,7 @@ def labeling_config(names: dict[int, str]) -> str:
         </View>
         <BLANKLINE>
     """
-    labels = "".join(f"    <Label value={_attr(names[k])}/>\n" for k in sorted(names))
+    labels = "".join(f"    <Label value={xml_attr(names[k])}/>\n" for k in sorted(names))
     return (
         "<View>\n"
         f'  <Image name="{TO_NAME}" value="$image" zoom="true" zoomControl="true"/>\n'
@@ -119,9 +120,6 @@ def labeling_config(names: dict[int, str]) -> str:
     )
 
 
-def _attr(value: object) -> str:
-    """A double-quoted XML attribute value (``& < > "`` and line breaks/tabs escaped)."""
-    return '"' + escape(str(value), {'"': "&quot;", "\n": "&#10;", "\r": "&#13;", "\t": "&#9;"}) + '"'
 
 
 def _default_image_root(run: FinishedRun) -> str:
@@ -174,7 +172,7 @@ def task_for(
                 "original_width": int(w),
                 "original_height": int(h),
                 "image_rotation": 0,
-                "value": {"points": pts, "closed": True, "polygonlabels": [names[inst.class_id]]},
+                "value": {"points": pts, "closed": True, "polygonlabels": [xml_legal(names[inst.class_id])]},
                 "score": score,
                 "meta": {
                     "text": [

@@ -40,6 +40,7 @@ import numpy as np
 
 from annotator.finished import FinishedImage, FinishedRun
 from annotator.io_atomic import atomic_write_bytes, atomic_write_text, ensure_real_dir, remove_file
+from annotator.review.xml_text import xml_legal
 
 __all__ = ["PALETTE_RGB", "class_color", "write_review_page"]
 
@@ -224,7 +225,8 @@ def write_review_page(run: FinishedRun, dest: Path, *, per_page: int = 200, over
     if videos:
         meta["videos"] = sorted(videos, key=videos.get)
     index = dest / "index.html"
-    page = _TEMPLATE.replace("__TITLE__", html.escape(meta["title"])).replace("__META__", _js_json(meta))
+    fill = {"__TITLE__": html.escape(xml_legal(meta["title"])), "__META__": _js_json(meta)}
+    page = re.sub("__TITLE__|__META__", lambda m: fill[m.group()], _TEMPLATE)  # one pass: a name holding either stays
     atomic_write_text(index, page, root=dest)
     return index
 
