@@ -31,7 +31,6 @@ depend on processing order.
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import os
@@ -40,6 +39,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
+from annotator.csv_text import csv_writer
 from annotator.config import AnnotateConfig
 from annotator.formats.coco import CocoJsonWriter, coco_categories
 from annotator.formats.yolo import (
@@ -265,7 +265,7 @@ class DatasetWriter:
                 self.ledger.set_meta("scores_csv", "0")
             return
         buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
+        w = csv_writer(buf)  # any name stays one field (annotator/csv_text.py)
         w.writerow(["image", "label_file", "row", "class_id", "class_name", "det_conf", "sam_score"])
         for it, r in done:
             if not self._labelled(it.rel_path):

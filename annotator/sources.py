@@ -180,9 +180,9 @@ class _Walker:
                 self.refused[rel] = _special_file_reason(path)
 
     def result(self, root: Path) -> ScanResult:
-        for found in (self.items, self.videos):
-            for rel in [r for r in found if name_problem(r)]:
-                self.refused[rel] = name_problem(rel)  # type: ignore[assignment]
+        for found, video in ((self.items, False), (self.videos, True)):
+            for rel in [r for r in found if name_problem(r, video=video)]:
+                self.refused[rel] = name_problem(rel, video=video)  # type: ignore[assignment]
                 del found[rel]
         items = [self.items[k] for k in sorted(self.items)]
         refused = sorted((printable_name(k), v) for k, v in self.refused.items())
@@ -190,24 +190,57 @@ class _Walker:
         return ScanResult(root=root, items=items, refused=refused, videos=videos)
 
 
+#: the characters ``str.splitlines`` (and so Ultralytics reading an image list) breaks a line at
+LINE_BREAKS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
+
+
 def printable_name(name: str) -> str:
-    """``name`` safe to print and to store as UTF-8: bytes of a non-UTF-8 file name (``os.fsdecode`` made them
-    lone surrogates) shown as ``\\xff``.
+    """``name`` safe to print on one line and to store as UTF-8: bytes of a non-UTF-8 file name (``os.fsdecode``
+    made them lone surrogates) shown as ``\\xff``, line breaks and other control characters as ``\\n``, ``\\x01``.
 
     Example:
-        >>> printable_name(os.fsdecode(b"bad\\xff.jpg")), printable_name("ok.jpg")
-        ('bad\\\\xff.jpg', 'ok.jpg')
+        >>> print(printable_name(os.fsdecode(b"bad\\xff.jpg")), printable_name("two\\nlines.jpg"), printable_name("ok.jpg"))
+        bad\\xff.jpg two\\nlines.jpg ok.jpg
     """
-    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    text = name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)
 
 
-def name_problem(rel: str) -> str | None:
-    """Why an input's relative path can not key its outputs, or None: a file name that is not valid UTF-8
-    (the ledger, the COCO JSON and every review file store names as UTF-8 text)."""
+#: the longest file name most file systems take, in bytes (ext4, XFS, btrfs, APFS, NTFS in UTF-16 units)
+NAME_MAX_BYTES = 255
+
+
+def _output_names(name: str, video: bool) -> list[str]:
+    """The file names the outputs derive from an input's name: its label ``<stem>.txt`` and link (an image), its
+    frames folder and ``<name>.json`` tracks file (a video)."""
+    if video:
+        return [name, f"{name}.json"]
+    stem = name.rsplit(".", 1)[0] if "." in name.lstrip(".") else name
+    return [name, f"{stem}.txt"]
+
+
+def name_problem(rel: str, *, video: bool = False) -> str | None:
+    """Why an input's relative path can not key its outputs, or None.
+
+    * not valid UTF-8: the ledger, the COCO JSON and every review file store names as UTF-8 text;
+    * a line break (any of :data:`LINE_BREAKS`): YOLO image lists (``labelled_images.list``, Ultralytics'
+      ``train: list.txt``) hold one path per line, so the image could not be listed for training;
+    * an output named after it would be longer than :data:`NAME_MAX_BYTES` (a 255-byte ``x.jpeg`` is labelled:
+      its ``x.txt`` is shorter; a 255-byte video is not: its tracks file adds ``.json``).
+
+    Every other character (backslashes, quotes, ``<>&``, tabs and other control characters, any Unicode) is
+    labelled as it is; review files escape what their format can not hold (:mod:`annotator.review.xml_text`).
+    """
     try:
         rel.encode("utf-8")
     except UnicodeEncodeError:
         return "file name is not valid UTF-8 (the outputs store names as UTF-8 text): rename it"
+    if any(c in LINE_BREAKS for c in rel):
+        return "file name holds a line break (YOLO image lists hold one path per line): rename it"
+    for out in _output_names(rel.rsplit("/", 1)[-1], video):
+        if len(out.encode("utf-8")) > NAME_MAX_BYTES:
+            return (f"file name too long: its output {printable_name(out)[:40]}... would be {len(out.encode('utf-8'))} "
+                    f"bytes, over the {NAME_MAX_BYTES}-byte limit of file names: rename it")  # fmt: skip
     return None
 
 

@@ -22,12 +22,12 @@ Example:
 
 from __future__ import annotations
 
-import csv
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from annotator.csv_text import csv_writer
 from annotator.finished import FinishedImage, FinishedRun
 
 ORDERS = ("lowest", "uncertain")
@@ -78,7 +78,7 @@ def write_review_queue(
     from annotator.io_atomic import atomic_write_text
 
     buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
+    w = csv_writer(buf)  # any name stays one field (annotator/csv_text.py)
     w.writerow(["rank", "rel_path", "image_path", "score", "instances", "weakest_class", "weakest_det_conf", "weakest_sam_score", "dropped"])
     for k, r in enumerate(rows if rows is not None else review_order(run, order=order, first=first), 1):
         w.writerow([k, r.rel_path, str(r.path), r.score, r.instances, r.weakest_class,

@@ -7,7 +7,8 @@ them as its Python escape (``\\x01``, ``\\udcff``); every other character is kep
 only where XML could not carry it, and the same function maps the names that a tool matches against the XML
 (Label Studio's ``polygonlabels`` in ``tasks.json`` against its labeling config), so they still agree.
 
-* :func:`xml_text`: element content (``& < >`` escaped).
+* :func:`xml_text`: element content (``& < >`` escaped, and a carriage return as ``&#13;``: a parser turns a
+  literal one into a line feed).
 * :func:`xml_attr`: a double-quoted attribute value (also ``"``, and tab / line breaks as character
   references, so a parser's attribute-value normalisation does not turn them into spaces).
 
@@ -42,10 +43,10 @@ def xml_legal(value: object) -> str:
 
 def xml_text(value: object) -> str:
     """``value`` as XML element content."""
-    return xml_legal(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return xml_legal(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("\r", "&#13;")
 
 
 def xml_attr(value: object) -> str:
     """``value`` as a double-quoted XML attribute value, quotes included."""
-    text = xml_text(value).replace('"', "&quot;").replace("\t", "&#9;").replace("\n", "&#10;").replace("\r", "&#13;")
+    text = xml_text(value).replace('"', "&quot;").replace("\t", "&#9;").replace("\n", "&#10;")
     return f'"{text}"'

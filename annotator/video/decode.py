@@ -1,7 +1,8 @@
 """Read a video file as a stream of frames with OpenCV: one frame in memory at a time, never all of them.
 
 * Only regular files are opened (a FIFO or device named ``x.mp4`` is refused before OpenCV sees it); a zero-byte
-  file is refused without opening it.
+  file is refused without opening it, and so is a still image given a video suffix (a PNG renamed ``.mp4``, which
+  FFmpeg would otherwise read as a one-frame video): its first bytes are an image signature.
 * FFmpeg open/read timeouts (:data:`OPEN_TIMEOUT_MS`, :data:`READ_TIMEOUT_MS`) bound a stalled read, so a bad file
   never hangs the run.
 * Rotation metadata is honoured: ``CAP_PROP_ORIENTATION_AUTO`` is switched on, so frames come upright (a phone
@@ -33,6 +34,25 @@ import numpy as np
 VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".avi", ".mkv", ".webm"})
 OPEN_TIMEOUT_MS = 20_000
 READ_TIMEOUT_MS = 20_000
+
+
+#: first bytes of still-image formats FFmpeg would open as a one-frame "video" (WebP: ``RIFF....WEBP``)
+_IMAGE_SIGNATURES = (
+    (b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"),
+    (b"BM", "BMP"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"),
+)  # fmt: skip
+
+
+def image_signature(head: bytes) -> str | None:
+    r"""The still-image format whose signature ``head`` (a file's first 16 bytes) starts with, or None.
+
+    Example:
+        >>> image_signature(b"\x89PNG\r\n\x1a\n\x00"), image_signature(b"\x00\x00\x00\x18ftypmp42")
+        ('PNG', None)
+    """
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WebP"
+    return next((name for sig, name in _IMAGE_SIGNATURES if head.startswith(sig)), None)
 
 
 class VideoDecodeError(Exception):
@@ -73,6 +93,13 @@ class VideoStream:
             raise VideoDecodeError("not a regular file: skipped (never opened)")
         if st.st_size == 0:
             raise VideoDecodeError("empty file (0 bytes)")
+        try:
+            with open(self.path, "rb") as f:
+                kind = image_signature(f.read(16))
+        except OSError as e:
+            raise VideoDecodeError(f"cannot read ({type(e).__name__}: {e.strerror or e})") from None
+        if kind is not None:
+            raise VideoDecodeError(f"a {kind} image, not a video (its suffix says video): rename it to its image suffix")
         params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, OPEN_TIMEOUT_MS, cv2.CAP_PROP_READ_TIMEOUT_MSEC, READ_TIMEOUT_MS]
         self._cap = cv2.VideoCapture(str(self.path), cv2.CAP_FFMPEG, params)
         if not self._cap.isOpened():
