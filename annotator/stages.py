@@ -29,7 +29,8 @@ from annotator.config import AnnotateConfig
 from annotator.detect import Detector
 from annotator.models import ResolvedModels
 from annotator.polygons import Polygonizer
-from annotator.records import Detections, DecodedImage, ImageResult, ImageStatus, SourceItem
+from annotator.records import (Detections, DecodedImage, DropReason, ImageResult, ImageStatus, PolygonInstance,
+                               SourceItem, add_dropped)  # fmt: skip
 from annotator.segment import MaskFinisher, Segmenter, letterbox_rgb
 from annotator.image_decode import ImageDecodeError, decode_image_bytes, max_file_bytes, read_image_bytes
 
@@ -342,7 +343,7 @@ class CpuSteps:
             return ImageResult(x.item, ImageStatus.FAILED, x.image_hw, reason=f"masks: {one_line(e)}")
         t1 = time.perf_counter()
         try:
-            polys = [*self.polygonizer(instances, dropped), *x.kept]
+            polys = [*self.polygonizer(instances, dropped), *_usable(x.kept, dropped)]
         except Exception as e:  # noqa: BLE001
             return ImageResult(x.item, ImageStatus.FAILED, x.image_hw, reason=f"polygonize: {one_line(e)}")
         secs = {**x.seconds, "segment": x.seconds.get("segment", 0.0) + t1 - t0, "polygonize": time.perf_counter() - t1}
@@ -390,6 +391,18 @@ class InferredImage:
     sam_output: Any = None  # annotator.segment.SamOutput (host arrays): finish() turns it into instances
     kept: tuple = ()  # PolygonInstances kept as they are (prompts: boxes: label rows that are polygons already)
     seconds: dict[str, float] = field(default_factory=dict)
+
+
+def _usable(kept: tuple[PolygonInstance, ...], dropped: dict[str, int]) -> list[PolygonInstance]:
+    """The kept label polygons (``prompts: boxes``) with a part of >= 3 distinct vertices; the others (the
+    writers would skip them) are counted in ``dropped`` as ``degenerate_polygon``."""
+    out = []
+    for p in kept:
+        if any(len(np.unique(np.asarray(xy).reshape(-1, 2), axis=0)) >= 3 for xy in p.polygons_xy_px):
+            out.append(p)
+        else:
+            add_dropped(dropped, DropReason.DEGENERATE)
+    return out
 
 
 def with_seconds(result: ImageResult, **seconds: float) -> ImageResult:

@@ -111,6 +111,12 @@ def test_all_boxes_under_min_area_are_counted_and_reviewed_first(boxes_ds, sam2_
     # without drops 0000.jpg (kept polygons, score 1) and 0001.jpg (no instance, score 1) tie: name order
     assert [q["rel_path"] for q in queue] == ["0001.jpg", "0000.jpg"]
     assert [int(q["dropped"]) for q in queue] == [boxes["0001.jpg"], 0]
+    r = subprocess.run([sys.executable, "-m", "annotator", "review", str(out), "--dest", str(tmp_path / "page")],
+                       capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    js = (tmp_path / "page" / "data" / "page-0001.js").read_text()  # reviewPage(1,[{...},{...}]);
+    items = json.loads(js[js.index("[") : js.rindex("]") + 1])
+    assert {it["r"]: it.get("dr", 0) for it in items} == {"0001.jpg": boxes["0001.jpg"], "0000.jpg": 0}
 
 
 def test_old_ledger_gains_the_column_and_reads_unknown_as_none(tmp_path):
@@ -169,3 +175,16 @@ def test_polygonizer_names_the_reason(blob, min_area, reason):
     dropped: dict[str, int] = {}
     assert poly([inst, inst], dropped) == []
     assert dropped == {reason.value: 2}
+
+
+def test_kept_label_polygon_without_area_is_counted_not_written():
+    """``prompts: boxes`` keeps polygon rows as they are; one whose vertices coincide gives no row and is counted."""
+    from annotator.polygons import Polygonizer
+    from annotator.records import Detections, PolygonInstance
+    from annotator.stages import CpuSteps, InferredImage
+
+    good = PolygonInstance(0, 1.0, 1.0, [np.array([[1, 1], [9, 1], [9, 9]], float)], 32, (1, 1, 8, 8))
+    flat = PolygonInstance(1, 1.0, 1.0, [np.array([[5, 5], [5, 5], [5, 5]], float)], 0, (5, 5, 0, 0))
+    x = InferredImage(SourceItem(Path("/x/a.jpg"), "a.jpg"), (16, 16), Detections.empty(), kept=(good, flat))
+    res = CpuSteps(None, Polygonizer()).finish(x)
+    assert res.instances == (good,) and res.dropped == {DropReason.DEGENERATE.value: 1}

@@ -10,7 +10,7 @@
   range and the classes present (100,000 images = 500 small data files, one loaded at a time).
 * **Drawn in the browser**: an inline SVG over each ``<img>`` (``viewBox`` = image size), one ``<polygon>`` per
   part, class colours from a fixed palette by class id, ``det_conf x sam_score`` per instance, the image's
-  review score on its card.
+  review score on its card, and the number of its dropped detections (``records.DropReason``) when there are any.
 * **Filters in the URL**: ``#page=2&class=circle&class=triangle&min=0.2&max=0.9`` (``class=(none)`` keeps the
   images without objects). The controls (class check boxes, min / max score sliders) edit that state, so a view
   can be bookmarked or shared. An image is shown when its review score is in ``[min, max]`` and it has an
@@ -151,6 +151,8 @@ def _item(img: FinishedImage, dest: Path, overlay_url: str | None) -> dict:
         item["v"], item["f"] = img.video, int(img.frame_index)
     if overlay_url:
         item["ov"] = overlay_url
+    if getattr(img, "dropped", None):  # detections that gave no label row: an object may be missing
+        item["dr"] = int(sum(img.dropped.values()))
     return item
 
 
@@ -365,6 +367,9 @@ function card(it, rank) {
   path.title = it.v !== undefined ? it.v + ", frame " + it.f : it.r;
   sc.style.background = scoreColor(it.s); sc.title = "review score (lowest det x sam)";
   head.append(el("span", "rank", "#" + rank), path, sc);
+  if (it.dr) { var dr = el("span", "score", it.dr + " dropped"); dr.style.background = "#7c3aed";
+    dr.title = "detections without a label row (too small, low SAM score, empty mask): an object may be missing";
+    head.append(dr); }
   var fig = el("div", "fig"); fig.style.aspectRatio = it.w + " / " + it.h;
   var img = el("img"); img.loading = "lazy"; img.alt = it.r; img.src = it.src;
   var svg = sv("svg", {viewBox: "0 0 " + it.w + " " + it.h, preserveAspectRatio: "none"});
