@@ -144,6 +144,22 @@ def test_old_ledger_gains_the_column_and_reads_unknown_as_none(tmp_path):
     finally:
         led.close()
     Ledger(tmp_path).close()  # a second open is a no-op
+    db = sqlite3.connect(tmp_path / ".annotator" / "ledger.sqlite")  # a videos table of schema 1
+    db.execute("CREATE TABLE videos (rel_path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,"
+               " sha256 TEXT, video_fp TEXT NOT NULL, status TEXT NOT NULL, reason TEXT NOT NULL DEFAULT '',"
+               " frames_read INTEGER NOT NULL DEFAULT 0, frames_written INTEGER NOT NULL DEFAULT 0, tracks INTEGER"
+               " NOT NULL DEFAULT 0, instances INTEGER NOT NULL DEFAULT 0, seconds REAL NOT NULL DEFAULT 0, image_h"
+               " INTEGER, image_w INTEGER, tracks_json TEXT, updated_at REAL NOT NULL)")  # fmt: skip
+    db.commit()
+    db.close()
+    from annotator.video.ledger import VideoLedger
+
+    led = Ledger(tmp_path)
+    try:
+        VideoLedger(led)
+        assert "dropped_json" in {r[1] for r in led.db.execute("PRAGMA table_info(videos)")}
+    finally:
+        led.close()
 
 
 def test_result_record_carries_drops_through_ray_rows():
@@ -188,3 +204,19 @@ def test_kept_label_polygon_without_area_is_counted_not_written():
     x = InferredImage(SourceItem(Path("/x/a.jpg"), "a.jpg"), (16, 16), Detections.empty(), kept=(good, flat))
     res = CpuSteps(None, Polygonizer()).finish(x)
     assert res.instances == (good,) and res.dropped == {DropReason.DEGENERATE.value: 1}
+
+
+def test_video_result_drops_reach_the_video_ledger(tmp_path):
+    from annotator.ledger import FileStat
+    from annotator.video.ledger import VideoLedger
+    from annotator.video.pipeline import VideoResult
+
+    led = Ledger(tmp_path)
+    try:
+        vids = VideoLedger(led)
+        vids.begin("a.mp4", FileStat(10, 1), "fp")
+        vids.finish(**VideoResult("a.mp4", "ok", frames_read=3, frames_written=3, dropped={"empty_mask": 4}).to_dict())
+        [(text,)] = led.db.execute("SELECT dropped_json FROM videos").fetchall()
+        assert json.loads(text) == {"empty_mask": 4}
+    finally:
+        led.close()
