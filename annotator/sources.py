@@ -280,6 +280,11 @@ def scan_sources(root: Path | str) -> ScanResult:
         ValueError: no images found under ... (looked for .avif, .bmp, ...)
     """
     root = Path(root).absolute()
+    try:
+        str(root).encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"input {printable_name(str(root))}: its path is not valid UTF-8 (the outputs store paths as "
+                         f"UTF-8 text): rename it") from None  # fmt: skip
     if not root.exists():
         raise ValueError(f"input {root} does not exist: give a folder, an image file or a .txt list of images")
     if root.is_dir():

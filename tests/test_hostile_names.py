@@ -186,3 +186,16 @@ def test_any_byte_name_is_named_on_one_printable_line(raw):
     if name_problem(name) is None:
         name.encode("utf-8")
         assert not any(c in LINE_BREAKS for c in name)
+
+
+def test_data_folder_whose_path_is_not_utf8_is_one_line_exit_2(tmp_path, random_yolo_ckpt, sam2_t_ckpt):
+    images = os.path.join(os.fsencode(tmp_path), b"root\xff", b"images")
+    os.makedirs(images)
+    ok, jpg = cv2.imencode(".jpg", np.full((48, 64, 3), 90, np.uint8))
+    with open(os.path.join(images, b"a.jpg"), "wb") as f:
+        f.write(jpg.tobytes())
+    p = subprocess.run([sys.executable, "-m", "annotator", "annotate", images, "--det-model", str(random_yolo_ckpt),
+                        "--sam-model", str(sam2_t_ckpt), "--device", "cpu"], capture_output=True, timeout=120)  # fmt: skip
+    err = p.stderr.decode("utf-8", "backslashreplace")
+    assert p.returncode == 2 and len(err.strip().splitlines()) == 1 and "not valid UTF-8" in err, err
+    assert not os.path.exists(os.path.join(os.path.dirname(images), b"labels"))
