@@ -199,3 +199,34 @@ def test_data_folder_whose_path_is_not_utf8_is_one_line_exit_2(tmp_path, random_
     err = p.stderr.decode("utf-8", "backslashreplace")
     assert p.returncode == 2 and len(err.strip().splitlines()) == 1 and "not valid UTF-8" in err, err
     assert not os.path.exists(os.path.join(os.path.dirname(images), b"labels"))
+
+
+_NAME_BYTES = st.binary(min_size=1, max_size=60).filter(lambda b: b"/" not in b and b"\x00" not in b and b != b"zz_ok")
+
+
+@settings(max_examples=40, deadline=None)
+@given(stem=_NAME_BYTES, suffix=st.sampled_from([b".jpg", b".jpeg", b".png", b".mp4"]), pad=st.sampled_from([0, 200]))
+def test_any_byte_name_is_scanned_as_an_item_or_refused_with_a_reason(tmp_path_factory, stem, suffix, pad):
+    """The scan's contract for any file name (the CLI runs above cover a sample end to end): an item whose label
+    file can be created and whose name every output format holds, or a refusal with a printable reason."""
+    from annotator.formats.yolo import yolo_label_relpath
+    from annotator.sources import scan_sources
+
+    root = tmp_path_factory.mktemp("n")
+    name = (b"p" * pad + stem)[:255 - len(suffix)] + suffix
+    with open(os.path.join(os.fsencode(root), name), "wb") as f:
+        f.write(b"x")
+    (root / "zz_ok.jpg").write_bytes(b"x")  # a neighbour, so that the scan never ends in "no images found"
+    scan = scan_sources(root)  # files of one byte: decoding is not the point here
+    found = [it for it in (*scan.items, *scan.videos) if it.rel_path != "zz_ok.jpg"]
+    assert len(found) + len(scan.refused) == 1
+    if found:
+        rel = found[0].rel_path
+        json.dumps(rel, ensure_ascii=False).encode("utf-8")
+        ET.fromstring(f"<i name={xml_attr(rel)}/>")
+        label = root / "labels" / yolo_label_relpath(rel)
+        label.parent.mkdir(parents=True, exist_ok=True)
+        label.write_text("0 0 0 1 0 1 1\n", encoding="utf-8")  # the file system takes the label's name
+    else:
+        shown, reason = scan.refused[0]
+        assert shown.isprintable() and "rename it" in reason
