@@ -91,7 +91,7 @@ def _add_annotate_args(p: argparse.ArgumentParser) -> None:
     d = p.add_argument_group("detector")
     d.add_argument("--conf", type=float, default=S, help="confidence threshold in [0, 1] (default 0.25)")
     d.add_argument("--iou", type=float, default=S, help="NMS IoU threshold in [0, 1] (default 0.45)")
-    d.add_argument("--imgsz", type=int, default=S, help="input size, a multiple of 32 (default 640)")
+    d.add_argument("--imgsz", default=S, help="input size N or H,W (default 640; rounded up to a multiple of 32)")
     d.add_argument("--max-det", dest="max_det", type=int, default=S, help="max detections per image (default 300)")
     d.add_argument(
         "--classes", nargs="+", action=_IntsThenData, default=S, help="keep only these class ids, e.g. --classes 0 2"
