@@ -261,7 +261,7 @@ def _stop_on_signals():
         if info.exc_type is not Interrupted:  # ours is recorded, not lost: no "Exception ignored" traceback
             _default(info)
 
-    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    old = interrupt.install_handler(handler)  # kept there: the Ray engine puts it back after ray.init
     old_unraisable, sys.unraisablehook = sys.unraisablehook, unraisable
     try:
         yield
@@ -270,8 +270,7 @@ def _stop_on_signals():
     finally:
         interrupt.clear()
         sys.unraisablehook = old_unraisable
-        for s, h in old.items():
-            signal.signal(s, h)
+        interrupt.restore_handlers(old)
 
 
 def _print_summary(s) -> None:
