@@ -91,3 +91,41 @@ def test_ray_run_stops_with_our_line_and_resumes(images, tmp_path, reference, sh
     p2 = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert p2.returncode == 0, p2.stderr
     assert tree_bytes(out) == reference
+
+
+@pytest.mark.parametrize("code", [signal.SIGTERM, 1])
+def test_ray_sigterm_exit_inside_ray_init_becomes_our_stop(code):
+    """A SIGTERM that lands inside ``ray.init`` meets Ray's own Python handlers (``sys.exit(15)``, or the local
+    node's ``sys.exit(1)`` after killing its processes): under a run's handler that is our stop, and the run's
+    handler is back in place afterwards; without one (a library caller) Ray's exit goes through."""
+    from annotator import interrupt
+    from pipelines.ray_session import _init
+
+    class FakeRay:
+        shutdowns = 0
+
+        def init(self, **kwargs):
+            signal.signal(signal.SIGTERM, lambda *a: None)  # what ray.init does to the handler
+            raise SystemExit(code)
+
+        def shutdown(self):
+            FakeRay.shutdowns += 1
+
+    def ours(signum, frame):
+        raise AssertionError("not called")
+
+    old = interrupt.install_handler(ours)
+    try:
+        with pytest.raises(interrupt.Interrupted, match="SIGTERM"):
+            _init(FakeRay(), {})
+        assert signal.getsignal(signal.SIGTERM) is ours and interrupt.requested() == "SIGTERM"
+    finally:
+        interrupt.clear()
+        interrupt.restore_handlers(old)
+    try:
+        with pytest.raises(SystemExit):
+            _init(FakeRay(), {})
+        assert signal.getsignal(signal.SIGTERM) is not ours  # no run: nothing of ours to put back
+    finally:
+        signal.signal(signal.SIGTERM, old[signal.SIGTERM])
+    assert FakeRay.shutdowns == 2
