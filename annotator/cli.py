@@ -24,6 +24,7 @@ import argparse
 import contextlib
 import json
 import sys
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -207,7 +208,11 @@ def cmd_annotate(ns: argparse.Namespace) -> int:
         if "data" not in settings:
             raise AnnotatorError("no input: pass DATA (a folder of images) or set 'data' in the --config file")
         settings.setdefault("progress", not ns.quiet and sys.stderr.isatty())
-        cfg = make_config(**settings)
+        with warnings.catch_warnings(record=True) as caught:  # e.g. imgsz rounded up: one line each
+            warnings.simplefilter("always")
+            cfg = make_config(**settings)
+        for w in caught:
+            print(f"annotator: warning: {w.message}", file=sys.stderr)
         with _stop_on_signals():
             summary = run(cfg)
             interrupt.raise_if_requested()  # a signal after the last result, its raise dropped: still say so

@@ -168,5 +168,5 @@ def test_cli_no_ultralytics_deprecation_warning_and_imgsz_rounded(tiny, tmp_path
     out = p.stdout + p.stderr
     assert p.returncode == 0, out
     assert "deprecated" not in out.lower(), out
-    assert "imgsz=100 must be a multiple of the stride 32, updating to 128" in out
+    assert "annotator: warning: imgsz=100 must be a multiple of the stride 32, updating to 128" in p.stderr
     assert "Traceback" not in out
