@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from annotator.config import AnnotateConfig, make_config
+from annotator.config import AnnotateConfig, labels_beside, make_config
 from annotator.errors import ConfigError
 from annotator.interrupt import raise_if_requested
 from annotator.models import resolve_models
@@ -88,7 +88,8 @@ def yolo_bbox2segment(
     """Existing box labels -> SAM masks: the drop-in for ``ultralytics.data.converter.yolo_bbox2segment``.
 
     Same parameters, same places: labels are read as Ultralytics pairs them (the last ``images`` part of
-    ``im_dir`` becomes ``labels``: ``root/images/train`` -> ``root/labels/train``; or ``prompt_labels=``: a YOLO
+    ``im_dir`` becomes ``labels``: ``root/images/train`` -> ``root/labels/train``; without an ``images`` part,
+    beside each image: ``photos/a.jpg`` -> ``photos/a.txt``; or ``prompt_labels=``: a YOLO
     folder or a COCO .json with boxes) and the label files go straight into ``save_dir`` (default:
     ``labels-segment`` beside ``im_dir``). But: rows that are already polygons are kept (per row, where
     Ultralytics returns without doing anything as soon as one label has segments), sub-folders are mirrored,
@@ -102,6 +103,8 @@ def yolo_bbox2segment(
     if save_dir is None or save_dir == "":
         save_dir = Path(im_dir).parent / "labels-segment"  # Ultralytics' default, whatever im_dir is called
     options.setdefault("flat_labels", True)
+    if options.get("prompt_labels") is None and labels_beside(Path(im_dir).absolute()) is None:
+        options["prompt_labels"] = im_dir  # no 'images' part: Ultralytics reads each label beside its image
     cfg = make_config(data=im_dir, prompts="boxes", sam_model=sam_model, output_dir=save_dir, device=device,
                       **options)  # fmt: skip
     return run(cfg)
