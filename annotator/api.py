@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from annotator.config import AnnotateConfig, make_config
+from annotator.config import AnnotateConfig, labels_beside, make_config
 from annotator.errors import ConfigError
 from annotator.interrupt import raise_if_requested
 from annotator.models import resolve_models
@@ -22,12 +22,12 @@ from annotator.summary import RunSummary
 
 def auto_annotate(
     data: str | Path,
-    det_model: str = "yolo11x.pt",
-    sam_model: str = "sam2_b.pt",
-    device: str = "",
+    det_model: str | Path = "yolo11x.pt",
+    sam_model: str | Path = "sam2_b.pt",
+    device: str | int = "",
     conf: float = 0.25,
     iou: float = 0.45,
-    imgsz: int = 640,
+    imgsz: int | list[int] | tuple[int, int] = 640,
     max_det: int = 300,
     classes: list[int] | None = None,
     output_dir: str | Path | None = None,
@@ -45,10 +45,11 @@ def auto_annotate(
     Args:
         data: folder of images (searched recursively; sub-folders are mirrored in the output), one image,
             or a ``.txt`` file listing images.
-        det_model: YOLO detector name or path (``-seg`` models are used as detectors).
+        det_model: YOLO detector name or path, ``str`` or ``Path`` (``-seg`` models are used as detectors).
         sam_model: ``sam_b/l/h``, ``mobile_sam``, ``sam2_t/s/b/l``, ``sam2.1_t/s/b/l`` (``.pt``), name or path.
-        device: ``""`` (auto), ``"cpu"``, ``"0"``, ``"cuda:1"``...
-        conf, iou, imgsz, max_det, classes: detector settings, as in Ultralytics.
+        device: ``""`` (auto), ``"cpu"``, ``"0"`` or ``0``, ``"cuda:1"``, a ``torch.device``...
+        conf, iou, imgsz, max_det, classes: detector settings, as in Ultralytics (``imgsz``: ``640`` or
+            ``[h, w]``; a size that is not a multiple of 32 is rounded up with a warning).
         output_dir: default: ``labels/`` beside an ``images/`` folder (labels go straight in it), else
             ``<data>_auto_annotate_labels``, made a dataset root: ``labels/``, ``images/`` (links), ``data.yaml``.
         format: ``"yolo"``, ``"coco"`` or ``"both"``.
@@ -81,22 +82,31 @@ def auto_annotate(
 
 
 def yolo_bbox2segment(
-    im_dir: str | Path, save_dir: str | Path | None = None, sam_model: str = "sam_b.pt", device: int | str | None = None,
-    **options: Any,
+    im_dir: str | Path, save_dir: str | Path | None = None, sam_model: str | Path = "sam_b.pt",
+    device: int | str | None = None, **options: Any,
 ) -> RunSummary:  # fmt: skip
     """Existing box labels -> SAM masks: the drop-in for ``ultralytics.data.converter.yolo_bbox2segment``.
 
-    Same parameters and default output folder (``labels-segment`` beside ``im_dir``), but: rows that are
-    already polygons are kept (per row, where Ultralytics returns without doing anything as soon as one label
-    has segments), sub-folders are mirrored, classes and names carry over (``data.yaml``), and the output is a
-    dataset that trains as is (``labels-segment/labels``, ``images`` links, ``data.yaml``). Labels are read from
-    ``labels/`` beside ``im_dir`` (or ``prompt_labels=``: a YOLO folder or a COCO .json with boxes).
+    Same parameters, same places: labels are read as Ultralytics pairs them (the last ``images`` part of
+    ``im_dir`` becomes ``labels``: ``root/images/train`` -> ``root/labels/train``; without an ``images`` part,
+    beside each image: ``photos/a.jpg`` -> ``photos/a.txt``; or ``prompt_labels=``: a YOLO
+    folder or a COCO .json with boxes) and the label files go straight into ``save_dir`` (default:
+    ``labels-segment`` beside ``im_dir``). But: rows that are already polygons are kept (per row, where
+    Ultralytics returns without doing anything as soon as one label has segments), sub-folders are mirrored,
+    classes and names carry over (``save_dir/data.yaml``, training on the listed images), and a re-run only
+    does what changed (``save_dir/.annotator/``).
 
     Example:
-        >>> yolo_bbox2segment("datasets/street/images", sam_model="sam2_b.pt")  # doctest: +SKIP
+        >>> yolo_bbox2segment("datasets/street/images/train", sam_model="sam2_b.pt")  # doctest: +SKIP
+        >>> # reads datasets/street/labels/train, writes datasets/street/images/labels-segment/*.txt
     """
-    cfg = make_config(data=im_dir, prompts="boxes", sam_model=sam_model, output_dir=save_dir,
-                      device="" if device is None else str(device), **options)  # fmt: skip
+    if save_dir is None or save_dir == "":
+        save_dir = Path(im_dir).parent / "labels-segment"  # Ultralytics' default, whatever im_dir is called
+    options.setdefault("flat_labels", True)
+    if options.get("prompt_labels") is None and labels_beside(Path(im_dir).absolute()) is None:
+        options["prompt_labels"] = im_dir  # no 'images' part: Ultralytics reads each label beside its image
+    cfg = make_config(data=im_dir, prompts="boxes", sam_model=sam_model, output_dir=save_dir, device=device,
+                      **options)  # fmt: skip
     return run(cfg)
 
 

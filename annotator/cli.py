@@ -25,6 +25,7 @@ import contextlib
 import json
 import math
 import sys
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -119,7 +120,7 @@ def _add_annotate_args(p: argparse.ArgumentParser) -> None:
     d = p.add_argument_group("detector")
     d.add_argument("--conf", type=finite_float, default=S, help="confidence threshold in [0, 1] (default 0.25)")
     d.add_argument("--iou", type=finite_float, default=S, help="NMS IoU threshold in [0, 1] (default 0.45)")
-    d.add_argument("--imgsz", type=int, default=S, help="input size, a multiple of 32 (default 640)")
+    d.add_argument("--imgsz", default=S, help="input size N or H,W (default 640; rounded up to a multiple of 32)")
     d.add_argument("--max-det", dest="max_det", type=int, default=S, help="max detections per image (default 300)")
     d.add_argument(
         "--classes", nargs="+", action=_IntsThenData, default=S, help="keep only these class ids, e.g. --classes 0 2"
@@ -235,7 +236,11 @@ def cmd_annotate(ns: argparse.Namespace) -> int:
         if "data" not in settings:
             raise AnnotatorError("no input: pass DATA (a folder of images) or set 'data' in the --config file")
         settings.setdefault("progress", not ns.quiet and sys.stderr.isatty())
-        cfg = make_config(**settings)
+        with warnings.catch_warnings(record=True) as caught:  # e.g. imgsz rounded up: one line each
+            warnings.simplefilter("always")
+            cfg = make_config(**settings)
+        for w in caught:
+            print(f"annotator: warning: {w.message}", file=sys.stderr)
         with _stop_on_signals():
             summary = run(cfg)
             interrupt.raise_if_requested()  # a signal after the last result, its raise dropped: still say so
@@ -289,7 +294,7 @@ def _stop_on_signals():
         if info.exc_type is not Interrupted:  # ours is recorded, not lost: no "Exception ignored" traceback
             _default(info)
 
-    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    old = interrupt.install_handler(handler)  # kept there: the Ray engine puts it back after ray.init
     old_unraisable, sys.unraisablehook = sys.unraisablehook, unraisable
     try:
         yield
@@ -298,8 +303,7 @@ def _stop_on_signals():
     finally:
         interrupt.clear()
         sys.unraisablehook = old_unraisable
-        for s, h in old.items():
-            signal.signal(s, h)
+        interrupt.restore_handlers(old)
 
 
 def _print_summary(s) -> None:

@@ -12,8 +12,11 @@ Example:
 
 from __future__ import annotations
 
+import ast
 import difflib
+import math
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -41,12 +44,18 @@ class AnnotateConfig(BaseModel):
 
     # -- the leading parameters of ultralytics.data.annotator.auto_annotate, same meaning --------------
     data: Path = Field(description="folder of images (searched recursively), one image, or a .txt list")
-    det_model: str = Field("yolo11x.pt", description="Ultralytics YOLO detector: name or path")
-    sam_model: str = Field("sam2_b.pt", description="SAM / SAM 2 / MobileSAM weights: name or path")
-    device: str = Field("", description="'' (auto), 'cpu', 'cuda', '0', 'cuda:1', 'mps'")
+    det_model: str = Field("yolo11x.pt", description="Ultralytics YOLO detector: name or path (str or Path)")
+    sam_model: str = Field("sam2_b.pt", description="SAM / SAM 2 / MobileSAM weights: name or path (str or Path)")
+    device: str = Field(
+        "", description="'' (auto), 'cpu', 'cuda', '0', 'cuda:1', 'mps'; also an int (0) or a torch.device, as in Ultralytics"
+    )
     conf: float = Field(0.25, ge=0.0, le=1.0, description="detector confidence threshold")
     iou: float = Field(0.45, ge=0.0, le=1.0, description="detector NMS IoU threshold")
-    imgsz: int = Field(640, description="detector input size in pixels, a positive multiple of 32")
+    imgsz: int | tuple[int, int] = Field(
+        640,
+        description="detector input size in pixels: N or [height, width] (as Ultralytics: a size that is not a multiple "
+        "of the stride 32 is rounded up, with a warning)",
+    )
     max_det: int = Field(300, ge=1, description="maximum detections per image")
     classes: list[int] | None = Field(None, description="keep only these detector class ids")
     output_dir: Path | None = Field(None, description="where labels/ and the COCO JSON go")
@@ -90,6 +99,12 @@ class AnnotateConfig(BaseModel):
     )
     multipart: Literal["join", "largest"] = Field(
         "join", description="a mask in several parts: join them into one YOLO row as Ultralytics does, or keep the largest"
+    )
+
+    flat_labels: bool = Field(
+        False,
+        description="label files go straight into output_dir (with data.yaml and a list of the labelled images), as "
+        "Ultralytics' yolo_bbox2segment writes them, instead of output_dir/labels/ + images/ links",
     )
 
     exports: list[Literal["labelstudio", "cvat", "page"]] = Field(
@@ -166,11 +181,26 @@ class AnnotateConfig(BaseModel):
         default_factory=dict, description="pin weight files: {file name or path: SHA-256 hex}; a mismatch stops the run"
     )
 
-    @field_validator("imgsz")
+    @field_validator("imgsz", mode="before")
     @classmethod
-    def _imgsz_multiple_of_32(cls, v: int) -> int:
-        if v <= 0 or v % 32:
-            raise ValueError(f"must be a positive multiple of 32 (e.g. 320, 640, 1024), got {v}")
+    def _imgsz_as_ultralytics(cls, v: Any) -> int | tuple[int, int]:
+        return normalize_imgsz(v)
+
+    @field_validator("det_model", "sam_model", mode="before")
+    @classmethod
+    def _model_path_like(cls, v: Any) -> Any:
+        return os.fspath(v) if isinstance(v, os.PathLike) else v
+
+    @field_validator("device", mode="before")
+    @classmethod
+    def _device_as_ultralytics(cls, v: Any) -> Any:
+        """``0`` -> ``"0"``, ``torch.device("cuda", 1)`` -> ``"cuda:1"``, ``None`` -> ``""`` (auto), as Ultralytics."""
+        if v is None:
+            return ""
+        if isinstance(v, int) and not isinstance(v, bool):
+            return str(v)
+        if type(v).__name__ == "device" and type(v).__module__.startswith("torch"):  # no torch import here
+            return str(v)
         return v
 
     @field_validator("classes")
@@ -231,6 +261,8 @@ class AnnotateConfig(BaseModel):
             if not pts.is_file():
                 raise ValueError(f"prompt_points {pts} is not a file: pass the JSON file of point prompts")
             object.__setattr__(self, "prompt_points", pts)
+        if self.flat_labels and not self.data.is_dir():
+            raise ValueError(f"flat_labels needs data to be a folder of images, got the file {self.data}")
         if self.detector_masks != "ignore" and self.prompts != "detector":
             raise ValueError(f"detector_masks {self.detector_masks!r} needs prompts 'detector' (a -seg detector)")
         out = self.output_dir
@@ -269,9 +301,12 @@ class AnnotateConfig(BaseModel):
     def _resolve_prompt_labels(self) -> None:
         labels = self.prompt_labels
         if labels is None:
-            if not (self.data.is_dir() and self.data.name == "images"):
-                raise ValueError("prompts 'boxes' needs prompt_labels (a YOLO labels folder or a COCO .json)")
-            labels = self.data.parent / "labels"
+            labels = labels_beside(self.data) if self.data.is_dir() else None
+            if labels is None:
+                raise ValueError(
+                    "prompts 'boxes' needs prompt_labels (a YOLO labels folder or a COCO .json), or data in a folder "
+                    "named 'images' (its labels are then read from the matching 'labels' folder, as Ultralytics does)"
+                )
         labels = Path(os.path.normpath(Path(os.path.expanduser(str(labels))).absolute()))
         if not labels.exists():
             raise ValueError(f"prompt_labels {labels} does not exist: pass a YOLO labels folder or a COCO .json file")
@@ -289,9 +324,11 @@ class AnnotateConfig(BaseModel):
     # -- output layout (see annotator/output.py) ------------------------------------------------------------
     @property
     def is_sibling_layout(self) -> bool:
-        """True when ``data`` is a folder ``X/images`` and ``output_dir`` is ``X/labels``: labels go straight
-        into ``output_dir`` and the input folder is the dataset's ``images/``. Otherwise ``output_dir`` becomes
+        """True when ``data`` is a folder ``X/images`` and ``output_dir`` is ``X/labels``, or ``flat_labels`` is
+        set: labels go straight into ``output_dir`` and the input folder is the dataset's ``images/``. Otherwise ``output_dir`` becomes
         a dataset root holding ``labels/`` and ``images/`` (links to the inputs)."""
+        if self.flat_labels:
+            return True
         return self.data.is_dir() and self.data.name == "images" and self.output_dir == self.data.parent / "labels"
 
     @property
@@ -303,6 +340,65 @@ class AnnotateConfig(BaseModel):
     def image_links_dir(self) -> Path:
         """Where links to the labelled inputs go (dataset layout): ``output_dir/images``."""
         return self.output_dir / "images"
+
+
+#: the detector's stride that ``imgsz`` is rounded up to (Ultralytics' predictor rounds again to a model's
+#: larger stride, e.g. 64 for P6 models)
+IMGSZ_STRIDE = 32
+
+
+def normalize_imgsz(v: Any) -> int | tuple[int, int]:
+    """``imgsz`` as Ultralytics' ``check_imgsz`` takes it: ``640``, ``"640"``, ``[640]``, ``[h, w]``, ``(h, w)``,
+    ``"[h, w]"``; each side rounded up to a multiple of :data:`IMGSZ_STRIDE` with a warning, as Ultralytics does.
+    A square ``[s, s]`` becomes ``s`` (same run fingerprint as ``s``). Sizes below 1 are refused.
+
+    Example:
+        >>> normalize_imgsz(640), normalize_imgsz([480, 640]), normalize_imgsz((320, 320)), normalize_imgsz("640")
+        (640, (480, 640), 320, 640)
+    """
+    given = v
+    if isinstance(v, str):
+        text = v.strip()
+        try:
+            v = int(text) if text.isdigit() else ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            raise ValueError(f"must be an integer or [height, width], e.g. 640 or [480, 640], got {given!r}") from None
+    if isinstance(v, bool) or not isinstance(v, (int, list, tuple)):
+        raise ValueError(f"must be an integer or [height, width], e.g. 640 or [480, 640], got {given!r}")
+    sides = [v] if isinstance(v, int) else list(v)
+    if not 1 <= len(sides) <= 2 or any(isinstance(x, bool) or not isinstance(x, int) for x in sides):
+        raise ValueError(f"must be an integer or [height, width] of integers, e.g. 640 or [480, 640], got {given!r}")
+    if any(x < 1 for x in sides):
+        raise ValueError(f"must be positive (e.g. 320, 640, 1024 or [480, 640]), got {given!r}")
+    rounded = [max(math.ceil(x / IMGSZ_STRIDE) * IMGSZ_STRIDE, IMGSZ_STRIDE) for x in sides]
+    if rounded != sides:
+        warnings.warn(
+            f"imgsz={given} must be a multiple of the stride {IMGSZ_STRIDE}, updating to "
+            f"{rounded[0] if len(rounded) == 1 else rounded} (as Ultralytics does)",
+            UserWarning,
+            stacklevel=2,
+        )
+    if len(rounded) == 1 or rounded[0] == rounded[1]:
+        return rounded[0]
+    return (rounded[0], rounded[1])
+
+
+def labels_beside(images: Path) -> Path | None:
+    """The labels folder that Ultralytics pairs with an images folder: the last ``images`` part of the path
+    becomes ``labels`` (``img2label_paths``), or None when the path has no ``images`` part.
+
+    Example:
+        >>> labels_beside(Path("/d/images")).as_posix(), labels_beside(Path("/d/images/train")).as_posix()
+        ('/d/labels', '/d/labels/train')
+        >>> labels_beside(Path("/d/photos")) is None
+        True
+    """
+    parts = list(Path(images).parts)
+    for i in range(len(parts) - 1, 0, -1):
+        if parts[i] == "images":
+            parts[i] = "labels"
+            return Path(*parts)
+    return None
 
 
 def default_output_dir(data: Path) -> Path:

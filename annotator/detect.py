@@ -77,6 +77,21 @@ class DetectorInput:
         return box(image=image_bgr)
 
 
+def precision_kwargs(fp16: bool) -> dict:
+    """Ultralytics' predict argument for fp16, in the spelling the installed version supports: ``quantize=16``
+    (``half`` is deprecated there and warns on every call, even ``half=False``), ``half=`` before it existed.
+
+    Example:
+        >>> precision_kwargs(False) in ({"quantize": None}, {"half": False})
+        True
+    """
+    from ultralytics.cfg import DEFAULT_CFG_DICT
+
+    if "quantize" in DEFAULT_CFG_DICT:
+        return {"quantize": 16 if fp16 else None}
+    return {"half": fp16}
+
+
 class Detector:
     """Run a YOLO detector on BGR images.
 
@@ -100,7 +115,7 @@ class Detector:
         *,
         conf: float = 0.25,
         iou: float = 0.45,
-        imgsz: int = 640,
+        imgsz: int | tuple[int, int] = 640,
         max_det: int = 300,
         classes: Sequence[int] | None = None,
         device: str = "",
@@ -122,7 +137,7 @@ class Detector:
         self._kwargs = dict(
             conf=conf,
             iou=iou,
-            imgsz=imgsz,
+            imgsz=imgsz if isinstance(imgsz, int) else list(imgsz),
             max_det=max_det,
             classes=list(classes) if classes is not None else None,
             device=device,
@@ -216,8 +231,10 @@ class Detector:
             with self._setup_lock:
                 if not self._predictor_ready:
                     self.threads.apply()
-                    blank = np.zeros((self._kwargs["imgsz"], self._kwargs["imgsz"], 3), np.uint8)
-                    self.model.predict(blank, half=self._half and self._on_cuda(), **self._kwargs)
+                    size = self._kwargs["imgsz"]
+                    h, w = (size, size) if isinstance(size, int) else size
+                    blank = np.zeros((h, w, 3), np.uint8)
+                    self.model.predict(blank, **precision_kwargs(self._half and self._on_cuda()), **self._kwargs)
                     self.threads.apply()  # setting the predictor up changed the thread count again
                     self._predictor_ready = True
         return self.model.predictor

@@ -96,7 +96,10 @@ class FinishedRun:
 
     @property
     def sibling_layout(self) -> bool:
-        """True when the run wrote into ``X/labels`` beside its input ``X/images`` (as ``AnnotateConfig``)."""
+        """True when the run wrote its label files straight into its output folder: ``X/labels`` beside its input
+        ``X/images``, or ``flat_labels`` (as ``AnnotateConfig.is_sibling_layout``)."""
+        if self.settings.get("flat_labels"):
+            return True
         data, out = Path(self.settings.get("data", "")), self.settings.get("output_dir")
         return data.name == "images" and out is not None and Path(out) == data.parent / "labels"
 

@@ -20,12 +20,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from annotator.errors import ConfigError
+from annotator.interrupt import Interrupted, active_handler, reinstall_handler, request_stop
 
 __all__ = ["DEFAULT_FORWARDED_ENV", "RayAuthError", "RayClusterUnreachableError", "ray_session"]
 
@@ -94,10 +96,10 @@ def ray_session(
     if env_runtime:
         kwargs["runtime_env"] = env_runtime
     if address is None:
-        ray.init(**kwargs)
+        _init(ray, kwargs)
     else:
         try:
-            ray.init(**kwargs)
+            _init(ray, kwargs)
         except Exception as e:  # the checks above passed, yet Ray could not join (a race, an odd setup)
             with contextlib.suppress(Exception):
                 ray.shutdown()
@@ -109,6 +111,27 @@ def ray_session(
         yield ray
     finally:
         ray.shutdown()
+
+
+def _init(ray, kwargs: dict) -> None:
+    """``ray.init``, then the run's own SIGINT / SIGTERM handler back in place (:mod:`annotator.interrupt`).
+
+    ``ray.init`` installs Ray's SIGTERM handlers in this process (Python ones that exit 15 or 1, and its core
+    worker's C one that aborts, exit 134). Put back after it, ours ends a Ray run as it ends a local one: one
+    line, exit 143. A SIGTERM that lands inside ``ray.init`` meets Ray's Python handler: its ``SystemExit``
+    becomes the same stop (when a run's handler is active, i.e. under the CLI; a library caller gets Ray's).
+    """
+    try:
+        ray.init(**kwargs)
+    except SystemExit as e:
+        with contextlib.suppress(Exception):
+            ray.shutdown()
+        if active_handler() is None or e.code not in (signal.SIGTERM, 1):
+            raise
+        request_stop("SIGTERM")
+        raise Interrupted("SIGTERM") from None
+    finally:
+        reinstall_handler()
 
 
 # ------------------------------------------------------------------------------------------ checks

@@ -97,7 +97,7 @@ def test_cli_missing_weights_exits_2_with_one_line(tmp_path):
         (["--conf", "2"], "conf: Input should be less than or equal to 1"),
         (["--conf", "abc"], "invalid float value"),
         (["--format", "voc"], "invalid choice"),
-        (["--imgsz", "100"], "multiple of 32"),
+        (["--imgsz", "0"], "imgsz: must be positive"),
     ],
 )
 def test_cli_bad_arguments(tmp_path, args, fragment):

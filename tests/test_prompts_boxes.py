@@ -57,7 +57,7 @@ def test_mixed_tree_keeps_polygon_rows_and_segments_box_rows(mixed, sam2_t_ckpt)
     new_rows = 0
     for src in sorted((mixed / "labels").rglob("*.txt")):
         rel = src.relative_to(mixed / "labels")
-        got = _rows(out / "labels" / rel)  # sub-folders mirrored
+        got = _rows(out / rel)  # straight into save_dir as Ultralytics writes them; sub-folders mirrored
         inp = _rows(src)
         polys = [(c, v) for c, v in inp if len(v) > 4]
         boxes = [(c, v) for c, v in inp if len(v) == 4]
