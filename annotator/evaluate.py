@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from annotator.errors import ConfigError
+from annotator.errors import ConfigError, InputFileError
 from annotator.finished import FinishedImage, FinishedRun
 from annotator.formats.coco import segmentation_area_bbox
 
@@ -139,44 +139,58 @@ def _ground_truth(gt_path: Path, ours: dict, names: dict[int, str]) -> tuple[dic
 
 
 def _coco_entries(path: Path, names: dict[int, str]):
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-        images, anns, cats = doc["images"], doc.get("annotations", []), doc["categories"]
-    except (OSError, ValueError, KeyError) as e:
-        raise ConfigError(f"--gt {path} is not a COCO file ({type(e).__name__}: {e})") from None
+    """``[(file_name, segs(h, w))]`` and the GT category names the run does not know, from a validated COCO
+    file (:func:`annotator.validation.coco.load_ground_truth`); an RLE whose size is not the run's image size
+    is an InputFileError."""
+    from annotator.validation.coco import load_ground_truth
+
+    gt = load_ground_truth(path)
     by_name = {v: k + 1 for k, v in names.items()}
-    cat_map = {c["id"]: by_name.get(c["name"]) for c in cats}
-    unknown = {c["name"] for c in cats if c["name"] not in by_name}
+    cat_map = {cid: by_name.get(name) for cid, name in gt.categories.items()}
+    unknown = {name for name in gt.categories.values() if name not in by_name}
     by_image: dict[int, list] = {}
-    for a in anns:
-        if cat_map.get(a["category_id"]) is not None and not a.get("iscrowd", 0):
-            by_image.setdefault(a["image_id"], []).append((cat_map[a["category_id"]], a["segmentation"]))
-    return [(im["file_name"], _fixed(by_image.get(im["id"], []))) for im in images], unknown
+    for a in gt.annotations:
+        if cat_map.get(a.category_id) is not None and not a.iscrowd:
+            by_image.setdefault(a.image_id, []).append(a)
+
+    def segs_of(anns: list):
+        def segs(h: int, w: int) -> list:
+            for a in anns:
+                if isinstance(a.segmentation, dict) and list(a.segmentation["size"]) != [h, w]:
+                    raise InputFileError(path, f"annotations[{a.index}].segmentation.size",
+                                         f"the image's size [{h}, {w}]", a.segmentation["size"])  # fmt: skip
+            return [(cat_map[a.category_id], a.segmentation) for a in anns]
+
+        return segs
+
+    return [(im.file_name, segs_of(by_image.get(im.id, []))) for im in gt.images], unknown
 
 
 def _yolo_entries(folder: Path, ours: dict, names: dict[int, str]):
+    """Every ``*.txt`` file under ``folder`` (special files refused unopened), rows validated; rows of a class
+    the run does not know are left out."""
+    from annotator.validation.files import user_files
+    from annotator.validation.yolo import load_yolo_file
+
     suffix_of = {str(Path(rel).with_suffix("")): Path(rel).suffix for rel in ours}
     entries = []
-    for txt in sorted(folder.rglob("*.txt")):
+    for txt in user_files(folder, ".txt"):
         stem_rel = txt.relative_to(folder).with_suffix("").as_posix()
-        rows = [r.split() for r in txt.read_text(encoding="utf-8").splitlines() if r.strip()]
-        entries.append((stem_rel + suffix_of.get(stem_rel, ".jpg"), _yolo_rows(rows, len(names))))
+        rows = load_yolo_file(txt, len(names), skip_unknown=True)
+        entries.append((stem_rel + suffix_of.get(stem_rel, ".jpg"), _yolo_rows(rows)))
     return entries
 
 
-def _yolo_rows(rows: list[list[str]], n_classes: int):
+def _yolo_rows(rows: list):
     def segs(h: int, w: int) -> list:
         out = []
         for r in rows:
-            c, v = int(r[0]), np.asarray(r[1:], np.float64)
-            if c >= n_classes:
-                continue
-            if len(v) == 4:  # a box row: its rectangle (box-only ground truth: read the box AP)
-                cx, cy, bw, bh = v * (w, h, w, h)
+            if r.box_cxcywh_norm is not None:  # a box row: its rectangle (box-only ground truth: read the box AP)
+                cx, cy, bw, bh = np.asarray(r.box_cxcywh_norm) * (w, h, w, h)
                 xy = [cx - bw / 2, cy - bh / 2, cx + bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2, cx - bw / 2, cy + bh / 2]
             else:
-                xy = (v.reshape(-1, 2) * (w, h)).ravel().tolist()
-            out.append((c + 1, [xy]))
+                xy = (r.polygon_xy_norm * (w, h)).ravel().tolist()
+            out.append((r.class_id + 1, [[float(v) for v in xy]]))
         return out
 
     return segs
