@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -81,7 +80,7 @@ def evaluate_images(ours: dict[str, FinishedImage], names: dict[int, str], gt_pa
     gt_path = Path(gt_path).expanduser().absolute()
     gt_doc, unmatched, unknown = _ground_truth(gt_path, ours, names)
     if not gt_doc["images"]:
-        raise ConfigError(f"no image of {gt_path} matches an image of {where} by file name")
+        raise InputFileError(gt_path, "images", f"at least one image named as an image of {where}", "none")
     preds = _predictions(gt_doc["images"], ours)
     gt = COCO()
     gt.dataset = gt_doc
@@ -194,10 +193,6 @@ def _yolo_rows(rows: list):
         return out
 
     return segs
-
-
-def _fixed(items: list):
-    return lambda h, w: items
 
 
 def _match_names(gt_names: list[str], rels: list[str]) -> dict[str, str]:
