@@ -117,6 +117,8 @@ def _ground_truth(gt_path: Path, ours: dict, names: dict[int, str]) -> tuple[dic
         entries, unknown = _coco_entries(gt_path, names)
     elif gt_path.is_dir():
         entries, unknown = _yolo_entries(gt_path, ours, names), set()
+    elif _special(gt_path):  # a named pipe, socket or device: refused unopened
+        raise InputFileError(gt_path, "", "a COCO .json file or a folder of YOLO label .txt files", _special(gt_path))
     else:
         raise ConfigError(f"--gt {gt_path}: pass a COCO .json file or a folder of YOLO label .txt files")
     match = _match_names([e[0] for e in entries], list(ours))
@@ -135,6 +137,19 @@ def _ground_truth(gt_path: Path, ours: dict, names: dict[int, str]) -> tuple[dic
                          "area": float(area), "bbox": bbox, "iscrowd": 0})  # fmt: skip
     cats = [{"id": k + 1, "name": v} for k, v in names.items()]
     return {"images": images, "annotations": anns, "categories": cats}, sorted(unmatched), unknown
+
+
+def _special(path: Path) -> str | None:
+    """What ``path`` is when it exists and is neither a regular file nor a folder (``"a named pipe"``...)."""
+    import os
+
+    from annotator.validation.files import special_kind
+
+    try:
+        kind = special_kind(os.stat(path).st_mode)
+    except OSError:
+        return None
+    return None if kind == "a folder" else kind
 
 
 def _coco_entries(path: Path, names: dict[int, str]):
@@ -175,7 +190,7 @@ def _yolo_entries(folder: Path, ours: dict, names: dict[int, str]):
     entries = []
     for txt in user_files(folder, ".txt"):
         stem_rel = txt.relative_to(folder).with_suffix("").as_posix()
-        rows = load_yolo_file(txt, len(names), skip_unknown=True)
+        rows = load_yolo_file(txt, set(names), skip_unknown=True)
         entries.append((stem_rel + suffix_of.get(stem_rel, ".jpg"), _yolo_rows(rows)))
     return entries
 

@@ -75,7 +75,7 @@ class LabelBoxSource:
             names = _yaml_names(self.labels)
             if names and check_all:
                 for f in user_files(self.labels, ".txt"):
-                    load_yolo_file(f, len(names))
+                    load_yolo_file(f, set(names))
             self.names = names or _numbered_names(self.labels)
         elif self.labels.exists() and not self.labels.is_dir() and not self.labels.is_file():
             from annotator.validation.files import special_kind
@@ -109,7 +109,7 @@ class LabelBoxSource:
         return LabelPrompts(dets, tuple(kept))
 
     def _yolo_objects(self, path: Path, image_hw: tuple[int, int]) -> list[LabelObject]:
-        return [r.to_pixels(image_hw) for r in load_yolo_file(path, len(self.names))]
+        return [r.to_pixels(image_hw) for r in load_yolo_file(path, set(self.names))]
 
 
 def _polygon_instance(

@@ -391,7 +391,7 @@ def test_yolo_rows_out_of_range_are_refused_not_clipped_to_ones(tmp_path):
     for row, expected in [
         ("0 1.5 1.5 2.5 1.5 2.5 2.5", r"line 1: expected polygon coordinates normalised to \[0, 1\]"),
         ("-1 0.5 0.5 0.2 0.2", r"line 1: expected a class id in 0..99999, found -1"),
-        ("2 0.5 0.5 0.2 0.2", "line 1: expected a class id below 2"),
+        ("2 0.5 0.5 0.2 0.2", r"line 1: expected a class id in \[0, 1\], found 2"),
         ("0 0.5 0.5 -0.2 0.2", "positive width and height"),
         ("0 nan 0.5 0.2 0.2", "finite numbers"),
         ("0 a b c d", "numbers after the class id"),

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from annotator.errors import InputFileError
-from annotator.validation.files import MAX_JSON_BYTES
+from annotator.validation.files import MAX_JSON_BYTES, cached_by_stat
 from annotator.validation.json_safe import load_json_file
 from annotator.validation.records import (
     EDGE_TOLERANCE,
@@ -69,6 +69,7 @@ class GroundTruth:
     annotations: tuple[GtAnnotation, ...]
 
 
+@cached_by_stat
 def load_coco_prompts(path: str | Path) -> CocoPrompts:
     return parse_coco_prompts(load_json_file(path, max_bytes=MAX_JSON_BYTES), path)
 

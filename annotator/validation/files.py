@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 
 from annotator.errors import InputFileError
 
@@ -109,3 +109,29 @@ def user_files(folder: Path, suffix: str) -> Iterator[Path]:
         if kind is not None:
             raise InputFileError(p, "", "a regular file", kind)
         yield p
+
+
+T = TypeVar("T")
+
+
+def cached_by_stat(load: Callable[[object], T]) -> Callable[[object], T]:
+    """``load(path)`` remembered for the file's identity (device, inode, size, mtime): the run's check before
+    any model loads and the stage that reads the same file later parse it once. Holds the last 4 files."""
+    memo: dict[tuple, T] = {}
+
+    def wrapper(path):
+        try:
+            st = os.stat(path)
+        except OSError:
+            return load(path)  # the loader says what is wrong, in one line
+        if not stat.S_ISREG(st.st_mode):
+            return load(path)
+        key = (os.path.realpath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        if key not in memo:
+            if len(memo) >= 4:
+                memo.pop(next(iter(memo)))
+            memo[key] = load(path)
+        return memo[key]
+
+    wrapper.__doc__, wrapper.__name__ = load.__doc__, load.__name__
+    return wrapper

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from annotator.errors import InputFileError
-from annotator.validation.files import MAX_POINTS_BYTES
+from annotator.validation.files import MAX_POINTS_BYTES, cached_by_stat
 from annotator.validation.json_safe import load_json_file
 from annotator.validation.records import (
     MAX_PIXEL_COORD,
@@ -31,6 +31,7 @@ _OBJECT_KEYS = ("class", "points", "labels", "box")
 _SHAPE = '{"names": [...], "images": {"rel/path.jpg": [objects]}}'
 
 
+@cached_by_stat
 def load_points(path: str | Path) -> PointsFile:
     """Read (regular file, size-limited, strict JSON) and validate a points file."""
     return parse_points(load_json_file(path, max_bytes=MAX_POINTS_BYTES), path)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Collection
 
 import numpy as np
 
@@ -24,15 +25,19 @@ from annotator.validation.records import EDGE_TOLERANCE, MAX_CLASS_ID, YoloRow
 _LO, _HI = -EDGE_TOLERANCE, 1.0 + EDGE_TOLERANCE
 
 
-def load_yolo_file(path: str | Path, n_classes: int | None = None, *, skip_unknown: bool = False) -> list[YoloRow]:
+def load_yolo_file(path: str | Path, n_classes: int | Collection[int] | None = None, *,
+                   skip_unknown: bool = False) -> list[YoloRow]:
     """Read (regular file, size-limited) and validate one label file."""
     return parse_yolo_text(read_user_text(path, max_bytes=MAX_LABEL_TXT_BYTES), path, n_classes,
                            skip_unknown=skip_unknown)  # fmt: skip
 
 
-def parse_yolo_text(text: str, path, n_classes: int | None = None, *, skip_unknown: bool = False) -> list[YoloRow]:
-    """The rows of a label file's text; ``n_classes``: class ids must be below it (``skip_unknown``: rows with a
-    larger class id are left out instead, as the evaluator does for classes the run does not know)."""
+def parse_yolo_text(text: str, path, n_classes: int | Collection[int] | None = None, *,
+                    skip_unknown: bool = False) -> list[YoloRow]:
+    """The rows of a label file's text; ``n_classes``: class ids must be below it, or in it when it is the
+    collection of the known ids (``skip_unknown``: rows of another class are left out instead, as the
+    evaluator does for classes the run does not know)."""
+    known = None if n_classes is None or isinstance(n_classes, int) else frozenset(n_classes)
     rows = []
     for n, line in enumerate(text.splitlines(), 1):
         vals = line.split()
@@ -45,10 +50,11 @@ def parse_yolo_text(text: str, path, n_classes: int | None = None, *, skip_unkno
             raise InputFileError(path, place, "a class id (an integer) first", vals[0][:40]) from None
         if c < 0 or c > MAX_CLASS_ID:
             raise InputFileError(path, place, f"a class id in 0..{MAX_CLASS_ID}", c)
-        if n_classes is not None and c >= n_classes:
+        if (c not in known) if known is not None else (n_classes is not None and c >= n_classes):
             if skip_unknown:
                 continue
-            raise InputFileError(path, place, f"a class id below {n_classes} (the number of class names)", c)
+            allowed = f"below {n_classes} (the number of class names)" if known is None else f"in {sorted(known)[:10]}"
+            raise InputFileError(path, place, f"a class id {allowed}", c)
         try:
             v = [float(x) for x in vals[1:]]
         except ValueError:
