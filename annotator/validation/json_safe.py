@@ -31,13 +31,14 @@ MAX_DEPTH = 32
 #: the largest integer magnitude accepted: every integer a float64 holds exactly
 MAX_INT = 2**53
 
-_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_NOT_BRACKETS = bytes(c for c in range(256) if c not in b"[]{}")
 
 
 class _Refused(ValueError):
-    def __init__(self, expected: str, found: str) -> None:
+    def __init__(self, expected: str, found: str, token: str = "") -> None:
         super().__init__(expected)
-        self.expected, self.found = expected, found
+        self.expected, self.found, self.token = expected, found, token or found
 
 
 def _int(s: str) -> int:
@@ -61,16 +62,16 @@ def _pairs(pairs: list) -> dict:
     out = {}
     for k, v in pairs:
         if k in out:
-            raise _Refused("unique keys in each object", f"{k!r} twice")
+            raise _Refused("unique keys in each object", f"{k!r} twice", json.dumps(k))
         out[k] = v
     return out
 
 
 def nesting_depth(text: str) -> int:
     """The deepest ``[`` / ``{`` nesting of a JSON text (brackets inside strings not counted)."""
-    bare = _STRING.sub("", text).encode("ascii", "replace")
-    b = np.frombuffer(bare, np.uint8)
-    step = np.isin(b, (ord("["), ord("{"))).astype(np.int32) - np.isin(b, (ord("]"), ord("}"))).astype(np.int32)
+    brackets = _STRING.sub("", text).encode("ascii", "replace").translate(None, _NOT_BRACKETS)
+    b = np.frombuffer(brackets, np.uint8)
+    step = np.where((b == ord("[")) | (b == ord("{")), 1, -1).astype(np.int32)
     return int(np.cumsum(step).max()) if len(step) else 0
 
 
@@ -92,8 +93,7 @@ def loads_strict(text: str, path: object, *, max_depth: int = MAX_DEPTH):
 
 def _where(text: str, e: _Refused) -> str:
     """``line L column C`` of the refused token when it can be found in the text, else ``""``."""
-    token = e.found.split()[0].strip("'") if e.found else ""
-    i = text.find(token) if token else -1
+    i = text.find(e.token) if e.token else -1
     if i < 0:
         return ""
     line = text.count("\n", 0, i) + 1
