@@ -452,6 +452,24 @@ def test_special_files_are_refused_unopened_in_every_reader(tmp_path):
             src.for_image("sub/b.png", HW)
 
 
+def test_size_limits_and_one_parse_per_file(tmp_path, monkeypatch):
+    """A file above its kind's size limit is refused from its stat (not read); an unchanged file is parsed once
+    for the run's early check and the stage that reads it again, an edited one again."""
+    import annotator.validation.points as points_mod
+    from annotator.prompt_points import load_points_file
+
+    path = _write(tmp_path / "p.json", json.dumps(POINTS))
+    first = load_points_file(path)
+    assert load_points_file(path)[1] is first[1]  # cached by the file's identity
+    _write(path, json.dumps({**POINTS, "names": ["a", "b", "c"]}))
+    os.utime(path, ns=(1, 1))
+    assert load_points_file(path)[0] == {0: "a", 1: "b", 2: "c"}
+    monkeypatch.setattr(points_mod, "MAX_POINTS_BYTES", 100)
+    _write(path, json.dumps(POINTS) + " " * 200)
+    with pytest.raises(InputFileError, match=r"expected a file of at most 100 bytes, found \d+ bytes"):
+        load_points_file(path)
+
+
 def test_yaml_alias_bomb_and_anchors_are_refused_before_expansion(tmp_path):
     from annotator.config import load_config_file
 

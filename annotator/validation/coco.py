@@ -30,13 +30,12 @@ from annotator.errors import InputFileError
 from annotator.validation.files import MAX_JSON_BYTES, cached_by_stat
 from annotator.validation.json_safe import load_json_file
 from annotator.validation.records import (
-    EDGE_TOLERANCE,
     MAX_PIXEL_COORD,
     CocoImage,
     LabelObject,
     clip_box_px,
+    clip_points_px,
     image_key,
-    is_number,
     numbers,
 )
 
@@ -199,8 +198,6 @@ def parse_coco_prompts(doc, path) -> CocoPrompts:
 
 
 def _clip_xy(xy: np.ndarray, hw: tuple[int, int], path, place: str) -> np.ndarray:
-    from annotator.validation.records import clip_points_px
-
     return clip_points_px(xy, hw, path, place)
 
 
