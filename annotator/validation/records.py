@@ -15,7 +15,7 @@ Example:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -88,16 +88,6 @@ class CocoImage:
     id: int
     file_name: str
     hw: tuple[int, int] | None = None
-
-
-@dataclass(frozen=True)
-class CocoDoc:
-    """A validated COCO file: images (unique ids and normalised file names), categories (unique ids, names),
-    annotations as ``(image index, category id, LabelObject | segmentation, iscrowd)``."""
-
-    images: tuple[CocoImage, ...]
-    categories: dict[int, str]
-    annotations: tuple = field(default=())
 
 
 # ---------------------------------------------------------------------------------------------- checks
