@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from annotator.errors import ConfigError, InputFileError
@@ -85,23 +85,25 @@ def _paths(doc, prefix=()):
 
 
 def _mutate(doc, data) -> object:
-    """``doc`` with 1-3 random edits: replace a value (hostile scalar, deep nesting), drop a key or item,
-    duplicate a list item, rename a dict key."""
+    """``doc`` with 1-3 random edits: replace a value (hostile scalar, deep nesting), nudge a number (image
+    edges, zero sizes), drop a key or item, duplicate a list item, rename a dict key."""
     doc = copy.deepcopy(doc)
     for _ in range(data.draw(st.integers(1, 3))):
         paths = list(_paths(doc))
         path = data.draw(st.sampled_from(paths))
-        op = data.draw(st.sampled_from(["replace", "replace", "drop", "dup", "rename", "deep"]))
+        op = data.draw(st.sampled_from(["replace"] * 4 + ["nudge"] * 4 + ["drop", "drop", "dup", "rename", "deep"]))
         if not path:
             if op in ("replace", "deep"):
-                doc = data.draw(st.sampled_from(HOSTILE + [[doc], DEEP]))
+                doc = copy.deepcopy(data.draw(st.sampled_from(HOSTILE + [[doc], DEEP])))
             continue
         parent = doc
         for k in path[:-1]:
             parent = parent[k]
         k = path[-1]
         if op == "replace":
-            parent[k] = data.draw(st.sampled_from(HOSTILE))
+            parent[k] = copy.deepcopy(data.draw(st.sampled_from(HOSTILE)))  # never edit HOSTILE's own lists
+        elif op == "nudge" and isinstance(parent[k], (int, float)) and not isinstance(parent[k], bool):
+            parent[k] = parent[k] + data.draw(st.sampled_from([-1, 1, 0.3, -0.3, 1e-9, -1e-9, 60, -60]))  # edges
         elif op == "deep":
             parent[k] = DEEP
         elif op == "drop":
@@ -117,7 +119,7 @@ def _json_text(doc, data) -> str:
     text = json.dumps(doc, allow_nan=True)  # NaN / Infinity tokens on purpose
     depth = data.draw(st.sampled_from([40, 1000, 100_000]))
     text = text.replace(json.dumps(DEEP), "[" * depth + "]" * depth)
-    edit = data.draw(st.sampled_from(["none", "none", "truncate", "dupkey", "bytes"]))
+    edit = data.draw(st.sampled_from(["none"] * 6 + ["truncate", "dupkey", "bytes"]))
     if edit == "truncate" and text:
         text = text[: data.draw(st.integers(0, len(text) - 1))]
     elif edit == "dupkey" and text.startswith("{") and len(text) > 2:
@@ -157,10 +159,13 @@ def _bounded(fn):
     t0 = time.perf_counter()
     try:
         with _within(TIME_BOUND_S):
-            return fn()
+            got = fn()
+        event("accepted")
+        return got
     except InputFileError as e:
         msg = str(e)
         assert "\n" not in msg and msg.startswith(e.path) and "expected" in msg
+        event(f"refused: {e.expected[:30]}")  # --hypothesis-show-statistics: what the fuzzers reach
         return e
     finally:
         assert time.perf_counter() - t0 < TIME_BOUND_S
