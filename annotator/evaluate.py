@@ -181,14 +181,14 @@ def _coco_entries(path: Path, names: dict[int, str]):
 
 
 def _yolo_entries(folder: Path, ours: dict, names: dict[int, str]):
-    """Every ``*.txt`` file under ``folder`` (special files refused unopened), rows validated; rows of a class
+    """Every label file under ``folder`` (``classes.txt`` at the top is not one; special files refused
+    unopened), rows validated; rows of a class
     the run does not know are left out."""
-    from annotator.validation.files import user_files
-    from annotator.validation.yolo import load_yolo_file
+    from annotator.validation.yolo import label_files, load_yolo_file
 
     suffix_of = {str(Path(rel).with_suffix("")): Path(rel).suffix for rel in ours}
     entries = []
-    for txt in user_files(folder, ".txt"):
+    for txt in label_files(folder):
         stem_rel = txt.relative_to(folder).with_suffix("").as_posix()
         rows = load_yolo_file(txt, set(names), skip_unknown=True)
         entries.append((stem_rel + suffix_of.get(stem_rel, ".jpg"), _yolo_rows(rows)))

@@ -34,9 +34,8 @@ import numpy as np
 from annotator.errors import ConfigError, InputFileError
 from annotator.records import Detections, PolygonInstance
 from annotator.validation.coco import load_coco_prompts
-from annotator.validation.files import user_files
 from annotator.validation.records import LabelObject, clip_box_px, clip_points_px, names_map
-from annotator.validation.yolo import load_yolo_file
+from annotator.validation.yolo import label_files, load_yolo_file
 
 
 @dataclass(frozen=True)
@@ -74,7 +73,7 @@ class LabelBoxSource:
             self._coco = None
             names = _yaml_names(self.labels)
             if names and check_all:
-                for f in user_files(self.labels, ".txt"):
+                for f in label_files(self.labels):
                     load_yolo_file(f, set(names))
             self.names = names or _numbered_names(self.labels)
         elif self.labels.exists() and not self.labels.is_dir() and not self.labels.is_file():
@@ -147,7 +146,7 @@ def _yaml_names(labels_dir: Path) -> dict[int, str]:
 def _numbered_names(labels_dir: Path) -> dict[int, str]:
     """``class<i>`` names up to the largest class id in the tree (no data.yaml found); every file validated."""
     top = -1
-    for f in user_files(labels_dir, ".txt"):
+    for f in label_files(labels_dir):
         for r in load_yolo_file(f):
             top = max(top, r.class_id)
     return {i: f"class{i}" for i in range(top + 1)}

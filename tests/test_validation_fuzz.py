@@ -404,6 +404,7 @@ def test_yolo_rows_out_of_range_are_refused_not_clipped_to_ones(tmp_path):
         _write(tmp_path / "labels" / "x.txt", row + "\n")
         with pytest.raises(InputFileError, match=expected):
             LabelBoxSource(tmp_path / "labels", tmp_path, check_all=True)
+    _write(tmp_path / "labels" / "classes.txt", "a\nb\n")  # labelImg's names file: not a label file
     _write(tmp_path / "labels" / "x.txt", "0 0.5 0.5 1.005 0.2\n")  # within the 1% tolerance: clipped
     src = LabelBoxSource(tmp_path / "labels", tmp_path, check_all=True)
     assert src.for_image("x.png", HW).boxes.xyxy_px.tolist() == [[0.0, pytest.approx(19.2), 64.0, pytest.approx(28.8)]]

@@ -14,15 +14,26 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Collection
+from typing import Collection, Iterator
 
 import numpy as np
 
 from annotator.errors import InputFileError
-from annotator.validation.files import MAX_LABEL_TXT_BYTES, read_user_text
+from annotator.validation.files import MAX_LABEL_TXT_BYTES, read_user_text, user_files
 from annotator.validation.records import EDGE_TOLERANCE, MAX_CLASS_ID, YoloRow
 
 _LO, _HI = -EDGE_TOLERANCE, 1.0 + EDGE_TOLERANCE
+
+#: files in a labels tree that are not label files (labelImg and others write the class names there)
+NOT_LABEL_FILES = frozenset({"classes.txt"})
+
+
+def label_files(folder: Path) -> Iterator[Path]:
+    """The label files of a YOLO tree: every ``*.txt`` under ``folder`` but :data:`NOT_LABEL_FILES` at its top,
+    special files refused unopened (:func:`~annotator.validation.files.user_files`)."""
+    for p in user_files(folder, ".txt"):
+        if not (p.parent == Path(folder) and p.name in NOT_LABEL_FILES):
+            yield p
 
 
 def load_yolo_file(path: str | Path, n_classes: int | Collection[int] | None = None, *,
