@@ -113,7 +113,7 @@ def yolo_bbox2segment(
 def run(cfg: AnnotateConfig, *, on_result: Callable | None = None, engine_options: dict | None = None) -> RunSummary:
     """Run a validated config.
 
-    Order: resolve and verify the weight files (one-line error before any work), take the output folder's
+    Order: validate the prompt files the run reads (:mod:`annotator.validation`), resolve and verify the weight files (one-line error before any work), take the output folder's
     lock, clean temp files a killed run left, scan the inputs, plan the work against the ledger (only new,
     modified or re-configured inputs are processed), let the engine (:data:`pipelines.ENGINES`) compute the
     results, write them in input order on a writer thread, write ``run_report.json``.
@@ -132,7 +132,10 @@ def run(cfg: AnnotateConfig, *, on_result: Callable | None = None, engine_option
     from annotator.workplan import hash_weights, plan_work
     from pipelines import get_engine
 
+    from annotator.validation import check_run_inputs
+
     t0 = time.perf_counter()
+    check_run_inputs(cfg)  # every prompt file validated: one InputFileError line before any model or output
     prompt_file = cfg.prompt_points if cfg.prompts == "points" else cfg.prompt_labels  # hashed as the detector
     stand_in = cfg.everything.digest() if cfg.prompts == "everything" else None  # no detector file
     models = resolve_models(cfg.det_model, cfg.sam_model, weights_dir=cfg.weights_dir, prompt_labels=prompt_file,

@@ -481,19 +481,20 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         >>> s["data"] == str(d / "images"), s["sam_model"]
         (True, 'sam2_b.pt')
     """
-    import yaml
+    from annotator.errors import InputFileError
+    from annotator.validation.yaml_safe import load_yaml_file
 
     p = Path(path)
-    if not p.is_file():
+    if not os.path.lexists(p):
         raise ConfigError(f"config file {p} not found (ready-made ones are in the configs/ folder)")
-    try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"config file {p} is not valid YAML: {str(e).splitlines()[0]}") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"config file {p} can not be read ({type(e).__name__}: {e})") from None
+    raw = load_yaml_file(p)  # regular file, size-limited, no anchors/aliases, finite numbers
+    if raw is None:
+        raw = {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"config file {p} must hold a mapping of setting: value, got {type(raw).__name__}")
+        raise InputFileError(p, "top level", "a mapping of setting: value", type(raw).__name__)
+    for k in raw:
+        if not isinstance(k, str):
+            raise InputFileError(p, "top level", "setting names (strings) as keys", k)
     base = p.absolute().parent
     for key in _PATH_SETTINGS:
         v = raw.get(key)

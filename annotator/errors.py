@@ -48,7 +48,7 @@ def describe_os_error(e: OSError, path: object = None) -> str:
     return f"{where}: {cause}{code}" if where is not None else f"{cause}{code}"
 
 
-class InputFileError(AnnotatorError):
+class InputFileError(ConfigError):
     """A file the user handed in (config, prompt labels or points, ground truth, review export) is unusable.
 
     One error shape for every reader: the file, the place in it (a key path such as ``annotations[3].bbox``

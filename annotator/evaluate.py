@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from annotator.errors import ConfigError
+from annotator.errors import ConfigError, InputFileError
 from annotator.finished import FinishedImage, FinishedRun
 from annotator.formats.coco import segmentation_area_bbox
 
@@ -81,7 +80,7 @@ def evaluate_images(ours: dict[str, FinishedImage], names: dict[int, str], gt_pa
     gt_path = Path(gt_path).expanduser().absolute()
     gt_doc, unmatched, unknown = _ground_truth(gt_path, ours, names)
     if not gt_doc["images"]:
-        raise ConfigError(f"no image of {gt_path} matches an image of {where} by file name")
+        raise InputFileError(gt_path, "images", f"at least one image named as an image of {where}", "none")
     preds = _predictions(gt_doc["images"], ours)
     gt = COCO()
     gt.dataset = gt_doc
@@ -118,6 +117,8 @@ def _ground_truth(gt_path: Path, ours: dict, names: dict[int, str]) -> tuple[dic
         entries, unknown = _coco_entries(gt_path, names)
     elif gt_path.is_dir():
         entries, unknown = _yolo_entries(gt_path, ours, names), set()
+    elif _special(gt_path):  # a named pipe, socket or device: refused unopened
+        raise InputFileError(gt_path, "", "a COCO .json file or a folder of YOLO label .txt files", _special(gt_path))
     else:
         raise ConfigError(f"--gt {gt_path}: pass a COCO .json file or a folder of YOLO label .txt files")
     match = _match_names([e[0] for e in entries], list(ours))
@@ -138,52 +139,75 @@ def _ground_truth(gt_path: Path, ours: dict, names: dict[int, str]) -> tuple[dic
     return {"images": images, "annotations": anns, "categories": cats}, sorted(unmatched), unknown
 
 
-def _coco_entries(path: Path, names: dict[int, str]):
+def _special(path: Path) -> str | None:
+    """What ``path`` is when it exists and is neither a regular file nor a folder (``"a named pipe"``...)."""
+    import os
+
+    from annotator.validation.files import special_kind
+
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-        images, anns, cats = doc["images"], doc.get("annotations", []), doc["categories"]
-    except (OSError, ValueError, KeyError) as e:
-        raise ConfigError(f"--gt {path} is not a COCO file ({type(e).__name__}: {e})") from None
+        kind = special_kind(os.stat(path).st_mode)
+    except OSError:
+        return None
+    return None if kind == "a folder" else kind
+
+
+def _coco_entries(path: Path, names: dict[int, str]):
+    """``[(file_name, segs(h, w))]`` and the GT category names the run does not know, from a validated COCO
+    file (:func:`annotator.validation.coco.load_ground_truth`); an RLE whose size is not the run's image size
+    is an InputFileError."""
+    from annotator.validation.coco import load_ground_truth
+
+    gt = load_ground_truth(path)
     by_name = {v: k + 1 for k, v in names.items()}
-    cat_map = {c["id"]: by_name.get(c["name"]) for c in cats}
-    unknown = {c["name"] for c in cats if c["name"] not in by_name}
+    cat_map = {cid: by_name.get(name) for cid, name in gt.categories.items()}
+    unknown = {name for name in gt.categories.values() if name not in by_name}
     by_image: dict[int, list] = {}
-    for a in anns:
-        if cat_map.get(a["category_id"]) is not None and not a.get("iscrowd", 0):
-            by_image.setdefault(a["image_id"], []).append((cat_map[a["category_id"]], a["segmentation"]))
-    return [(im["file_name"], _fixed(by_image.get(im["id"], []))) for im in images], unknown
+    for a in gt.annotations:
+        if cat_map.get(a.category_id) is not None and not a.iscrowd:
+            by_image.setdefault(a.image_id, []).append(a)
+
+    def segs_of(anns: list):
+        def segs(h: int, w: int) -> list:
+            for a in anns:
+                if isinstance(a.segmentation, dict) and list(a.segmentation["size"]) != [h, w]:
+                    raise InputFileError(path, f"annotations[{a.index}].segmentation.size",
+                                         f"the image's size [{h}, {w}]", a.segmentation["size"])  # fmt: skip
+            return [(cat_map[a.category_id], a.segmentation) for a in anns]
+
+        return segs
+
+    return [(im.file_name, segs_of(by_image.get(im.id, []))) for im in gt.images], unknown
 
 
 def _yolo_entries(folder: Path, ours: dict, names: dict[int, str]):
+    """Every label file under ``folder`` (``classes.txt`` at the top is not one; special files refused
+    unopened), rows validated; rows of a class
+    the run does not know are left out."""
+    from annotator.validation.yolo import label_files, load_yolo_file
+
     suffix_of = {str(Path(rel).with_suffix("")): Path(rel).suffix for rel in ours}
     entries = []
-    for txt in sorted(folder.rglob("*.txt")):
+    for txt in label_files(folder):
         stem_rel = txt.relative_to(folder).with_suffix("").as_posix()
-        rows = [r.split() for r in txt.read_text(encoding="utf-8").splitlines() if r.strip()]
-        entries.append((stem_rel + suffix_of.get(stem_rel, ".jpg"), _yolo_rows(rows, len(names))))
+        rows = load_yolo_file(txt, set(names), skip_unknown=True)
+        entries.append((stem_rel + suffix_of.get(stem_rel, ".jpg"), _yolo_rows(rows)))
     return entries
 
 
-def _yolo_rows(rows: list[list[str]], n_classes: int):
+def _yolo_rows(rows: list):
     def segs(h: int, w: int) -> list:
         out = []
         for r in rows:
-            c, v = int(r[0]), np.asarray(r[1:], np.float64)
-            if c >= n_classes:
-                continue
-            if len(v) == 4:  # a box row: its rectangle (box-only ground truth: read the box AP)
-                cx, cy, bw, bh = v * (w, h, w, h)
+            if r.box_cxcywh_norm is not None:  # a box row: its rectangle (box-only ground truth: read the box AP)
+                cx, cy, bw, bh = np.asarray(r.box_cxcywh_norm) * (w, h, w, h)
                 xy = [cx - bw / 2, cy - bh / 2, cx + bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2, cx - bw / 2, cy + bh / 2]
             else:
-                xy = (v.reshape(-1, 2) * (w, h)).ravel().tolist()
-            out.append((c + 1, [xy]))
+                xy = (r.polygon_xy_norm * (w, h)).ravel().tolist()
+            out.append((r.class_id + 1, [[float(v) for v in xy]]))
         return out
 
     return segs
-
-
-def _fixed(items: list):
-    return lambda h, w: items
 
 
 def _match_names(gt_names: list[str], rels: list[str]) -> dict[str, str]:

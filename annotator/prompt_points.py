@@ -32,16 +32,14 @@ Example:
 
 from __future__ import annotations
 
-import json
-import math
-import os
 from pathlib import Path
 
 import numpy as np
 
-from annotator.errors import ConfigError
 from annotator.prompts import LabelPrompts
 from annotator.records import Detections
+from annotator.validation.points import load_points
+from annotator.validation.records import clip_box_px, clip_points_px
 
 
 class PointPromptSource:
@@ -52,7 +50,8 @@ class PointPromptSource:
         data_root: the folder the images' ``rel_path`` are relative to.
 
     Raises:
-        ConfigError: one line naming the image and object that is malformed and what to fix.
+        InputFileError: one line naming the file, the image and object that is malformed and what to fix
+            (:mod:`annotator.validation.points`).
     """
 
     input_spec = None  # no detector letterbox: the prompts are read, not computed
@@ -64,18 +63,19 @@ class PointPromptSource:
         self.names, self._by_file = load_points_file(self.path)
 
     def for_image(self, rel_path: str, image_hw: tuple[int, int]) -> LabelPrompts:
-        """The prompts of one image (``rel_path`` relative to ``data``; ``image_hw`` its upright size)."""
-        objs = self._by_file.get(rel_path, [])
+        """The prompts of one image (``rel_path`` relative to ``data``; ``image_hw`` its upright size).
+
+        Points and boxes more than 1% of a side outside the image are an InputFileError (this image fails);
+        within that, they are clipped onto the image."""
+        objs = self._by_file.get(rel_path, ())
         if not objs:
             return LabelPrompts(Detections.empty())
-        h, w = image_hw
-        for k, (_, pts, _, box) in enumerate(objs):
-            xy = np.concatenate([pts, np.asarray(box, np.float64).reshape(-1, 2)]) if box is not None else pts
-            if len(xy) and ((xy < 0).any() or (xy[:, 0] > w).any() or (xy[:, 1] > h).any()):
-                raise ConfigError(
-                    f"prompt_points {self.path}: images[{rel_path!r}][{k}] lies outside the {w}x{h} image: "
-                    f"coordinates are pixels of the upright image, not normalised"
-                )
+        place = f"images[{rel_path!r}]"
+        objs = [
+            (o.class_id, clip_points_px(o.points_xy_px, image_hw, self.path, f"{place}[{k}].points"), o.labels,
+             None if o.box_xyxy_px is None else clip_box_px(o.box_xyxy_px, image_hw, self.path, f"{place}[{k}].box"))
+            for k, o in enumerate(objs)
+        ]  # fmt: skip
         k_max = max(len(p) for _, p, _, _ in objs)
         n = len(objs)
         points = np.zeros((n, k_max, 2), np.float32)
@@ -97,75 +97,8 @@ class PointPromptSource:
         return LabelPrompts(dets)
 
 
-def load_points_file(path: Path) -> tuple[dict[int, str], dict[str, list]]:
-    """Parse and check a ``prompt_points`` file: ``(names, {rel_path: [(class_id, points (K, 2), labels (K,),
-    box or None), ...]})``; one-line :class:`ConfigError` on the first problem."""
-    where = f"prompt_points {path}"
-    try:
-        doc = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"{where} is not a readable JSON file ({type(e).__name__}: {e})") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("images"), dict):
-        raise ConfigError(f'{where}: expected an object {{"names": ..., "images": {{"rel/path.jpg": [objects]}}}}')
-    names = _names(doc.get("names"), where)
-    by_name = {v: k for k, v in names.items()}
-    by_file: dict[str, list] = {}
-    for rel, objs in doc["images"].items():
-        if not isinstance(objs, list):
-            raise ConfigError(f"{where}: images[{rel!r}] must be a list of objects, got {type(objs).__name__}")
-        key = os.path.normpath(rel).replace(os.sep, "/")
-        by_file[key] = [_object(o, f"{where}: images[{rel!r}][{k}]", names, by_name) for k, o in enumerate(objs)]
-    if not names:
-        top = max((c for objs in by_file.values() for c, *_ in objs), default=-1)
-        names = {i: f"class{i}" for i in range(top + 1)}
-    return names, by_file
-
-
-def _names(raw, where: str) -> dict[int, str]:
-    if raw is None:
-        return {}
-    try:
-        if isinstance(raw, list):
-            return dict(enumerate(map(str, raw)))
-        if isinstance(raw, dict):
-            return {int(k): str(v) for k, v in raw.items()}
-    except ValueError:
-        pass
-    raise ConfigError(f'{where}: "names" must be a list of names or an object {{"0": "name", ...}}')
-
-
-def _object(o, where: str, names: dict[int, str], by_name: dict[str, int]) -> tuple:
-    if not isinstance(o, dict):
-        raise ConfigError(f'{where}: an object is {{"class": ..., "points": [[x, y], ...]}}, got {type(o).__name__}')
-    unknown = set(o) - {"class", "points", "labels", "box"}
-    if unknown:
-        raise ConfigError(f"{where}: unknown keys {sorted(unknown)} (allowed: class, points, labels, box)")
-    c = o.get("class")
-    if isinstance(c, str) and c in by_name:
-        class_id = by_name[c]
-    elif isinstance(c, int) and not isinstance(c, bool) and c >= 0 and (not names or c in names):
-        class_id = c
-    else:
-        raise ConfigError(f"{where}: class {c!r} is neither a class id nor a name in names {sorted(by_name)}")
-    try:
-        pts = np.asarray(o.get("points", []), np.float64).reshape(-1, 2)
-    except (ValueError, TypeError):
-        raise ConfigError(f"{where}: points must be a list of [x, y] pairs") from None
-    labels = o.get("labels", [1] * len(pts))
-    ok = isinstance(labels, list) and len(labels) == len(pts)
-    if not ok or any(v not in (0, 1) or isinstance(v, bool) for v in labels):
-        n = len(pts)
-        raise ConfigError(f"{where}: labels must hold one 1 (on the object) or 0 (off it) per point ({n} points)")
-    box = o.get("box")
-    if box is not None:
-        try:
-            box = [float(v) for v in box]
-        except (TypeError, ValueError):
-            box = []
-        if len(box) != 4 or not (box[0] < box[2] and box[1] < box[3]):
-            raise ConfigError(f"{where}: box must be [x1, y1, x2, y2] with x1 < x2 and y1 < y2")
-    if box is None and not (np.asarray(labels) == 1).any():
-        raise ConfigError(f"{where}: give at least one point with label 1 (on the object), or a box")
-    if not all(math.isfinite(v) for v in pts.reshape(-1)):
-        raise ConfigError(f"{where}: points must be finite numbers")
-    return class_id, pts, np.asarray(labels, np.int32), box
+def load_points_file(path: Path) -> tuple[dict[int, str], dict[str, tuple]]:
+    """Parse and check a ``prompt_points`` file: ``(names, {rel_path: (PointObject, ...)})``; a one-line
+    :class:`~annotator.errors.InputFileError` on the first problem (see :mod:`annotator.validation.points`)."""
+    pf = load_points(path)
+    return pf.names, pf.by_image

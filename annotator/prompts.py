@@ -25,15 +25,17 @@ Example:
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from annotator.errors import ConfigError
+from annotator.errors import ConfigError, InputFileError
 from annotator.records import Detections, PolygonInstance
+from annotator.validation.coco import load_coco_prompts
+from annotator.validation.records import LabelObject, clip_box_px, clip_points_px, names_map
+from annotator.validation.yolo import label_files, load_yolo_file
 
 
 @dataclass(frozen=True)
@@ -47,35 +49,56 @@ class LabelPrompts:
 class LabelBoxSource:
     """Existing labels (YOLO tree or COCO file) as per-image prompts; stands where the detector stands.
 
+    Every file is validated (:mod:`annotator.validation`): a malformed row, a class id outside the names, a box
+    of no size or outside the image, a special file named ``*.txt`` is one :class:`InputFileError` line.
+
     Args:
         labels: a folder of YOLO ``.txt`` label files mirroring ``data``, or a COCO ``.json`` file.
         data_root: the folder the images' ``rel_path`` are relative to.
+        check_all: read and validate every label file of a YOLO tree now (before a run starts), not only the
+            ones named per image later.
     """
 
     input_spec = None  # no detector letterbox: the prompts are read, not computed
     reads_labels = True
 
-    def __init__(self, labels: Path, data_root: Path) -> None:
+    def __init__(self, labels: Path, data_root: Path, *, check_all: bool = False) -> None:
         self.labels = Path(labels)
         self.data_root = Path(data_root)
         if self.labels.is_file() and self.labels.suffix.lower() == ".json":
-            self._coco = _load_coco(self.labels)
-            self.names = self._coco["names"]
+            coco = load_coco_prompts(self.labels)
+            self._coco: dict | None = coco.by_file
+            self.names = coco.names
         elif self.labels.is_dir():
             self._coco = None
-            self.names = _yaml_names(self.labels) or _numbered_names(self.labels)
+            names = _yaml_names(self.labels)
+            if names and check_all:
+                for f in label_files(self.labels):
+                    load_yolo_file(f, set(names))
+            self.names = names or _numbered_names(self.labels)
+        elif self.labels.exists() and not self.labels.is_dir() and not self.labels.is_file():
+            from annotator.validation.files import special_kind
+
+            raise InputFileError(self.labels, "", "a folder or a regular .json file", special_kind(os.stat(self.labels).st_mode))
         else:
             raise ConfigError(f"prompt_labels {self.labels}: pass a folder of YOLO label .txt files or a COCO .json file")
 
     def for_image(self, rel_path: str, image_hw: tuple[int, int]) -> LabelPrompts:
         """The prompts of one image (``rel_path`` relative to ``data``; ``image_hw`` its upright size)."""
-        rows = self._coco_rows(rel_path) if self._coco is not None else self._yolo_rows(rel_path, image_hw)
+        if self._coco is not None:
+            objs, where = self._coco.get(rel_path, ()), self.labels
+        else:
+            path = self.labels / Path(rel_path).with_suffix(".txt")
+            objs = self._yolo_objects(path, image_hw) if os.path.lexists(path) else ()
+            where = path
         boxes, kept = [], []
-        for class_id, kind, values, extra in rows:
-            if kind == "box":
-                boxes.append((class_id, values, extra))
+        for k, o in enumerate(objs):
+            place = f"{rel_path} object {k}"
+            if o.box_xyxy_px is not None:
+                boxes.append((o.class_id, clip_box_px(o.box_xyxy_px, image_hw, where, place), o.attributes))
             else:
-                kept.append(_polygon_instance(class_id, values, image_hw, extra))
+                parts = [clip_points_px(p, image_hw, where, place) for p in o.parts_xy_px]
+                kept.append(_polygon_instance(o.class_id, parts, image_hw, o.attributes))
         if not boxes:
             return LabelPrompts(Detections.empty(), tuple(kept))
         xyxy = np.asarray([b for _, b, _ in boxes], np.float32).reshape(-1, 4)
@@ -84,31 +107,8 @@ class LabelBoxSource:
                           attributes=extras if any(e is not None for e in extras) else None)  # fmt: skip
         return LabelPrompts(dets, tuple(kept))
 
-    def _yolo_rows(self, rel_path: str, image_hw: tuple[int, int]) -> list:
-        path = self.labels / Path(rel_path).with_suffix(".txt")
-        if not path.is_file():
-            return []
-        h, w = image_hw
-        rows = []
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            vals = line.split()
-            if not vals:
-                continue
-            try:
-                c, v = int(vals[0]), np.asarray(vals[1:], np.float64)
-            except ValueError:
-                raise ConfigError(f"{path}:{n}: not a YOLO label row ({line[:60]!r})") from None
-            if len(v) == 4:
-                cx, cy, bw, bh = v * (w, h, w, h)
-                rows.append((c, "box", [cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], None))
-            elif len(v) >= 6 and len(v) % 2 == 0:
-                rows.append((c, "polygon", [v.reshape(-1, 2) * (w, h)], None))
-            else:
-                raise ConfigError(f"{path}:{n}: a row holds 4 box values or >= 3 x,y points, got {len(v)} values")
-        return rows
-
-    def _coco_rows(self, rel_path: str) -> list:
-        return self._coco["by_file"].get(rel_path, [])
+    def _yolo_objects(self, path: Path, image_hw: tuple[int, int]) -> list[LabelObject]:
+        return [r.to_pixels(image_hw) for r in load_yolo_file(path, set(self.names))]
 
 
 def _polygon_instance(
@@ -129,52 +129,24 @@ def _polygon_instance(
 
 
 def _yaml_names(labels_dir: Path) -> dict[int, str]:
-    """Class names from a ``data.yaml`` beside the labels folder (or inside it), else an empty dict."""
-    import yaml
+    """Class names from a ``data.yaml`` beside the labels folder (or inside it), else an empty dict; the file
+    is read with the alias-free YAML loader and its names validated."""
+    from annotator.validation.yaml_safe import load_yaml_file
 
     for cand in (labels_dir.parent / "data.yaml", labels_dir / "data.yaml", labels_dir.parent.parent / "data.yaml"):
-        if cand.is_file():
-            names = (yaml.safe_load(cand.read_text(encoding="utf-8")) or {}).get("names")
-            if isinstance(names, list):
-                return dict(enumerate(map(str, names)))
-            if isinstance(names, dict):
-                return {int(k): str(v) for k, v in names.items()}
+        if os.path.lexists(cand):
+            doc = load_yaml_file(cand)
+            if not isinstance(doc, dict):
+                raise InputFileError(cand, "top level", "a mapping with names", type(doc).__name__)
+            if doc.get("names") is not None:
+                return names_map(doc["names"], cand)
     return {}
 
 
 def _numbered_names(labels_dir: Path) -> dict[int, str]:
-    """``class<i>`` names up to the largest class id in the tree (no data.yaml found)."""
+    """``class<i>`` names up to the largest class id in the tree (no data.yaml found); every file validated."""
     top = -1
-    for f in labels_dir.rglob("*.txt"):
-        for line in f.read_text(encoding="utf-8").splitlines():
-            if line.split() and line.split()[0].isdigit():
-                top = max(top, int(line.split()[0]))
+    for f in label_files(labels_dir):
+        for r in load_yolo_file(f):
+            top = max(top, r.class_id)
     return {i: f"class{i}" for i in range(top + 1)}
-
-
-#: the fields of a COCO annotation the tool writes itself; any other (``attributes``, ``occluded``, a source id...)
-#: is carried to the output annotation of the same object
-_COCO_ANNOTATION_KEYS = frozenset({"id", "image_id", "category_id", "segmentation", "area", "bbox", "iscrowd"})
-
-
-def _load_coco(path: Path) -> dict:
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-        cats = sorted(doc["categories"], key=lambda c: c["id"])
-        images = {im["id"]: im["file_name"] for im in doc["images"]}
-    except (OSError, ValueError, KeyError) as e:
-        raise ConfigError(f"prompt_labels {path} is not a COCO file ({type(e).__name__}: {e})") from None
-    cat_to_class = {c["id"]: k for k, c in enumerate(cats)}
-    by_file: dict[str, list] = {}
-    for a in doc.get("annotations", []):
-        rel = os.path.normpath(images[a["image_id"]]).replace(os.sep, "/")
-        c = cat_to_class[a["category_id"]]
-        extra = {k: v for k, v in a.items() if k not in _COCO_ANNOTATION_KEYS} or None
-        seg = a.get("segmentation")
-        parts = [np.asarray(p, np.float64).reshape(-1, 2) for p in seg if len(p) >= 6] if isinstance(seg, list) else []
-        if parts:  # one object in one or several parts (COCO polygons carry no holes)
-            by_file.setdefault(rel, []).append((c, "polygon", parts, extra))
-        elif a.get("bbox"):
-            x, y, w, h = a["bbox"]
-            by_file.setdefault(rel, []).append((c, "box", [x, y, x + w, y + h], extra))
-    return {"names": {k: str(c["name"]) for k, c in enumerate(cats)}, "by_file": by_file}

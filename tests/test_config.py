@@ -86,7 +86,7 @@ def test_config_file(tmp_path):
     with pytest.raises(ConfigError, match="mapping"):
         load_config_file(p)
     p.write_text("a: [\n")
-    with pytest.raises(ConfigError, match="not valid YAML"):
+    with pytest.raises(ConfigError, match="line 2 column 1: expected valid YAML"):
         load_config_file(p)
     with pytest.raises(ConfigError, match="not found"):
         load_config_file(tmp_path / "none.yaml")

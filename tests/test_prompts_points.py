@@ -34,12 +34,12 @@ def _write(tmp_path: Path, doc) -> Path:
 @pytest.mark.parametrize(
     ("obj", "match"),
     [
-        ({"class": 0, "points": [[1, 2]], "labels": [1, 0]}, r"images\['a.png'\]\[0\]: labels must hold one 1"),
-        ({"class": "dog", "points": [[1, 2]]}, r"class 'dog' is neither"),
-        ({"class": 0, "points": [[1, 2, 3]]}, "points must be a list of"),
+        ({"class": 0, "points": [[1, 2]], "labels": [1, 0]}, r"points.json: images\['a.png'\]\[0\].labels: expected one 1 \(on the object\) or 0"),
+        ({"class": "dog", "points": [[1, 2]]}, r"images\['a.png'\]\[0\].class: expected a class id or a name in names \['cat'\], found dog"),
+        ({"class": 0, "points": [[1, 2, 3]]}, r"\[0\].points: expected a list of \[x, y\] pairs"),
         ({"class": 0, "points": [[1, 2]], "labels": [0]}, "at least one point with label 1"),
-        ({"class": 0, "points": [], "box": [5, 5, 1, 9]}, r"box must be \[x1, y1, x2, y2\]"),
-        ({"class": 0, "point": [[1, 2]]}, r"unknown keys \['point'\]"),
+        ({"class": 0, "points": [], "box": [5, 5, 1, 9]}, r"\[0\].box: expected \[x1, y1, x2, y2\] with 0 <= x1 < x2"),
+        ({"class": 0, "point": [[1, 2]]}, r"expected only the keys class, points, labels, box, found key 'point'"),
     ],
 )
 def test_malformed_file_says_which_object_and_what(tmp_path, obj, match):
@@ -48,7 +48,7 @@ def test_malformed_file_says_which_object_and_what(tmp_path, obj, match):
         load_points_file(p)
     bad = tmp_path / "bad.json"
     bad.write_text("{")
-    with pytest.raises(ConfigError, match="not a readable JSON"):
+    with pytest.raises(ConfigError, match="bad.json: line 1 column 2: expected valid JSON"):
         load_points_file(bad)
 
 
@@ -66,7 +66,7 @@ def test_parse_pads_points_and_marks_point_only_boxes(tmp_path):
     assert d.n_points().tolist() == [3, 1, 0] and d.box_is_prompt.tolist() == [False, True, True]
     assert d.xyxy_px[0].tolist() == [10, 5, 30, 20]  # the box of the positive points (not a prompt)
     assert len(src.for_image("a.png", HW).boxes) == 0 and len(src.for_image("other.png", HW).boxes) == 0
-    with pytest.raises(ConfigError, match=r"images\['sub/b.png'\]\[0\] lies outside the 25x10 image"):
+    with pytest.raises(ConfigError, match=r"images\['sub/b.png'\]\[0\].points: expected points inside the 25x10 image"):
         src.for_image("sub/b.png", (10, 25))
     with pytest.raises(ConfigError, match="needs prompt_points"):
         make_config(data=tmp_path, prompts="points")
