@@ -347,6 +347,10 @@ class AnnotateConfig(BaseModel):
 IMGSZ_STRIDE = 32
 
 
+#: The largest ``imgsz`` side taken: one 16384 x 16384 letterboxed RGB float image is already 3 GiB.
+IMGSZ_MAX = 16384
+
+
 def normalize_imgsz(v: Any) -> int | tuple[int, int]:
     """``imgsz`` as Ultralytics' ``check_imgsz`` takes it: ``640``, ``"640"``, ``[640]``, ``[h, w]``, ``(h, w)``,
     ``"[h, w]"``; each side rounded up to a multiple of :data:`IMGSZ_STRIDE` with a warning, as Ultralytics does.
@@ -370,6 +374,8 @@ def normalize_imgsz(v: Any) -> int | tuple[int, int]:
         raise ValueError(f"must be an integer or [height, width] of integers, e.g. 640 or [480, 640], got {given!r}")
     if any(x < 1 for x in sides):
         raise ValueError(f"must be positive (e.g. 320, 640, 1024 or [480, 640]), got {given!r}")
+    if any(x > IMGSZ_MAX for x in sides):
+        raise ValueError(f"must be at most {IMGSZ_MAX} per side, got {given!r}")
     rounded = [max(math.ceil(x / IMGSZ_STRIDE) * IMGSZ_STRIDE, IMGSZ_STRIDE) for x in sides]
     if rounded != sides:
         warnings.warn(

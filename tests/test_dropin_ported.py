@@ -101,6 +101,16 @@ def test_imgsz_values_without_a_run(tiny, imgsz, rounded, warns):
     assert any("multiple of the stride 32" in str(w.message) for w in caught) == warns
 
 
+@pytest.mark.parametrize("imgsz", [0, -32, 16385, 10**30, [1, 2, 3], True, "big", [640.0, 640]])
+def test_imgsz_refused_in_one_line(tiny, imgsz):
+    """Sizes Ultralytics would bend into something (0 -> 32) or that would fill memory are refused: one line."""
+    from annotator.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="imgsz") as e:
+        make_config(data=tiny / "images", imgsz=imgsz)
+    assert "\n" not in str(e.value)
+
+
 def test_torch_device_and_path_weights(tiny, WEIGHTS_DIR):  # noqa: N803
     import torch
 
