@@ -71,9 +71,11 @@ class OutputLock:
     def acquire(self) -> None:
         from annotator.errors import OutputError, describe_os_error
         from annotator.io_atomic import ensure_real_dir
+        from annotator.path_guard import check_write
 
         out = self.path.parent.parent
         ensure_real_dir(self.path.parent, out)
+        check_write(self.path, "create")
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
         except OSError as e:

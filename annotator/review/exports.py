@@ -9,6 +9,7 @@ Example:
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -37,12 +38,27 @@ def export_all(
 ) -> list[Path]:  # fmt: skip
     """Write the exports of ``tools`` (+ each one's review queue) into ``dest/<tool>`` (one tool: ``dest``;
     default ``output_dir/review/<tool>``); returns the written paths."""
+    from annotator.path_guard import check_review_dest, protect
+    from annotator.review.queue import review_order, write_review_queue
+
+    wheres = [_where(run, tool, tools, dest) for tool in tools]
+    for where in wheres:
+        check_review_dest(run, where)
+    with protect(inputs=[run.data_root], output=[*wheres, run.output_dir]):
+        return _export_all(run, tools, wheres, image_root, cvat_style, cvat_images, order)
+
+
+def _where(run: FinishedRun, tool: str, tools: Sequence[str], dest: Path | None) -> Path:
+    where = Path(dest) / tool if dest is not None and len(tools) > 1 else Path(dest or run.output_dir / "review" / tool)
+    return Path(os.path.abspath(os.path.expanduser(where)))
+
+
+def _export_all(run, tools, wheres, image_root, cvat_style, cvat_images, order) -> list[Path]:
     from annotator.review.queue import review_order, write_review_queue
 
     queue = None  # the same for every tool: computed once, after the first export
     written = []
-    for tool in tools:
-        where = Path(dest) / tool if dest is not None and len(tools) > 1 else Path(dest or run.output_dir / "review" / tool)
+    for tool, where in zip(tools, wheres):
         if tool == "labelstudio":
             from annotator.review.labelstudio import export_labelstudio
 
