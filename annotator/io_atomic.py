@@ -103,13 +103,14 @@ def ensure_real_dir(directory: str | os.PathLike, root: str | os.PathLike | None
         OutputError: a component below ``root`` is a symbolic link or not a folder, or a folder can't be created.
     """
     d = Path(directory)
-    check_write(d, "mkdir")
     try:
         if root is None:
+            check_write(d, "mkdir")
             d.mkdir(parents=True, exist_ok=True)
             return d
         r = Path(root)
         rel = d.relative_to(r)
+        check_write(r, "mkdir")
         r.mkdir(parents=True, exist_ok=True)
         cur = r
         for part in rel.parts:
@@ -117,6 +118,7 @@ def ensure_real_dir(directory: str | os.PathLike, root: str | os.PathLike | None
             try:
                 st = os.lstat(cur)
             except FileNotFoundError:
+                check_write(cur, "mkdir")  # its parent is a real folder below root (checked just before)
                 try:
                     os.mkdir(cur)
                 except FileExistsError:
@@ -189,11 +191,11 @@ def atomic_writer(
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_writer mode must be 'w' or 'wb', got {mode!r}")
     target = Path(path)
-    check_write(target, "replace")
     if target.is_dir() and not target.is_symlink():
         raise OutputError(f"cannot write {target}: it is a folder; move it away")
-    tmp = temp_path_in(target.parent, root=root)
+    tmp = temp_path_in(target.parent, root=root)  # checks the folders (links) first, then the guard
     try:
+        check_write(target, "replace")
         kwargs = {"encoding": "utf-8", "newline": "\n"} if mode == "w" else {}
         try:
             f = open(tmp, mode, **kwargs)
@@ -253,8 +255,8 @@ def atomic_symlink(target: str | os.PathLike, link: str | os.PathLike, *, root: 
             return False
     except OSError:
         pass
-    check_write(link, "replace")
     ensure_real_dir(link.parent, root)
+    check_write(link, "replace")
     for _ in range(100):
         tmp = link.parent / _random_temp_name()
         check_write(tmp, "create")

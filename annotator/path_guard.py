@@ -210,7 +210,7 @@ def check_review_dest(run, dest: str | os.PathLike) -> None:
             f"choose a folder outside it (the default is OUTPUT_DIR/review/...)"
         )
     out = Path(run.output_dir)
-    places = [out / LEDGER_DIRNAME] + ([out] if run.sibling_layout else [out / "labels", out / "images"])
+    places = [out / LEDGER_DIRNAME] + ([] if run.sibling_layout else [out / "labels", out / "images"])
     for place in places:
         if is_within(dest, place):
             raise _refuse(f"the destination {dest}{_resolved(dest)} lies in {place}, which the annotate run owns: "
@@ -249,7 +249,7 @@ class Protection:
         for p in paths:
             if p is None:
                 continue
-            p = Path(os.path.abspath(os.path.expanduser(os.fspath(p))))
+            p = Path(os.path.expanduser(os.fspath(p))).absolute()
             r = real_path(p)
             try:
                 st = os.stat(r)
@@ -263,7 +263,7 @@ class Protection:
     def add_outputs(self, paths: Iterable[str | os.PathLike]) -> None:
         """Allow writes under more folders (created later if missing)."""
         for p in paths:
-            p = Path(os.path.abspath(os.path.expanduser(os.fspath(p))))
+            p = Path(os.path.expanduser(os.fspath(p))).absolute()
             self.outputs.append((p, real_path(p)))
 
 
@@ -335,9 +335,12 @@ def write_allowed(path: str | os.PathLike, op: WriteOp) -> bool:
 
 def _refusal(path: str | os.PathLike, op: WriteOp) -> str:
     scopes = list(_SCOPES)
-    p = Path(os.path.abspath(os.path.expanduser(os.fspath(path))))
-    parent = real_path(p.parent)
-    target = parent / p.name  # the last component is never followed: a link there is replaced, not written through
+    p = Path(os.path.expanduser(os.fspath(path))).absolute()  # no lexical '..' folding: 'link/..' is not '.'
+    if p.name in ("", ".", ".."):
+        parent = target = real_path(p)
+    else:  # the last component is never followed: a link there is replaced, not written through
+        parent = real_path(p.parent)
+        target = parent / p.name
     ids = set(_dir_ids(parent))
     own = _identity(target, follow=False)
     is_dir = os.path.isdir(target) and not os.path.islink(target)
@@ -364,6 +367,9 @@ def _refusal(path: str | os.PathLike, op: WriteOp) -> str:
             if rid is not None and rid in ids:
                 return ""
             if op == "mkdir" and target in real.parents:  # the output folder's own missing parents
+                return ""
+        for given, _real in prot.outputs:  # the output folder itself, when it is a link the user chose
+            if op == "mkdir" and given.name not in ("", ".", "..") and target == real_path(given.parent) / given.name:
                 return ""
     outs = ", ".join(str(g) for prot in scopes for g, _ in prot.outputs) or "none"
     return f"refusing to {verb} {shown}: it is outside the output folder ({outs}); the tool writes only there"

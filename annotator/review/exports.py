@@ -9,7 +9,6 @@ Example:
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -50,7 +49,9 @@ def export_all(
 
 def _where(run: FinishedRun, tool: str, tools: Sequence[str], dest: Path | None) -> Path:
     where = Path(dest) / tool if dest is not None and len(tools) > 1 else Path(dest or run.output_dir / "review" / tool)
-    return Path(os.path.abspath(os.path.expanduser(where)))
+    from annotator.path_guard import absolute_path
+
+    return absolute_path(where)  # 'link/..' as the OS reads it
 
 
 def _export_all(run, tools, wheres, image_root, cvat_style, cvat_images, order) -> list[Path]:
