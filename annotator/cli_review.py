@@ -114,10 +114,10 @@ def _eval(run, ns) -> int:
 
     from annotator.review.exports import EVAL_FILENAME
 
-    from annotator.path_guard import check_eval_paths, protect
+    from annotator.path_guard import check_eval_paths, protect, run_input
 
-    check_eval_paths(run, ns.gt)
-    with protect(inputs=[run.data_root, ns.gt], output=run.output_dir):
+    check_eval_paths(run, ns.gt, run.output_dir / EVAL_FILENAME)
+    with protect(inputs=[run_input(run), ns.gt], output=run.output_dir):
         report = evaluate(run, ns.gt)
         atomic_write_text(run.output_dir / EVAL_FILENAME, json.dumps(report.to_dict(), indent=2) + "\n", root=run.output_dir)
     print(json.dumps(report.to_dict(), indent=2) if ns.json else report.table())

@@ -60,6 +60,7 @@ __all__ = [
     "overlaps",
     "protect",
     "real_path",
+    "run_input",
     "same_path",
     "write_allowed",
 ]
@@ -198,15 +199,22 @@ def check_annotate_paths(cfg) -> None:
                 raise _refuse(f"the run writes {f}, which is the {name.replace('_', ' ')} {given}: choose another output_dir")
 
 
+def run_input(run) -> Path:
+    """What a finished run read (``run``: a :class:`annotator.finished.FinishedRun`): its ``data`` folder, or
+    its one image / ``.txt`` list (not that file's folder, which may hold the output)."""
+    data = Path(str((run.settings or {}).get("data") or run.data_root))
+    return data if data.exists() else Path(run.data_root)
+
+
 def check_review_dest(run, dest: str | os.PathLike) -> None:
-    """Refuse an ``export`` / ``review`` destination that overlaps the run's input folder, or lies in the
-    output's ``labels/``, ``images/`` or ``.annotator/`` (``run``: a :class:`annotator.finished.FinishedRun`)."""
+    """Refuse an ``export`` / ``review`` destination that overlaps the run's input (:func:`run_input`), or lies
+    in the output's ``labels/``, ``images/`` or ``.annotator/`` (``run``: a :class:`annotator.finished.FinishedRun`)."""
     from annotator.ledger import LEDGER_DIRNAME
 
-    dest = Path(dest)
-    if overlaps(dest, run.data_root):
+    dest, data = Path(dest), run_input(run)
+    if overlaps(dest, data):
         raise _refuse(
-            f"the destination {dest}{_resolved(dest)} overlaps the run's input folder {run.data_root}: "
+            f"the destination {dest}{_resolved(dest)} overlaps the run's input {data}: "
             f"choose a folder outside it (the default is OUTPUT_DIR/review/...)"
         )
     out = Path(run.output_dir)
@@ -217,15 +225,14 @@ def check_review_dest(run, dest: str | os.PathLike) -> None:
                           f"choose another folder (the default is OUTPUT_DIR/review/...)")  # fmt: skip
 
 
-def check_eval_paths(run, gt: str | os.PathLike) -> None:
-    """Refuse ground truth that ``eval`` would overwrite (``OUTPUT_DIR/eval.json``) or that lies in the run's
-    ``.annotator/`` state."""
+def check_eval_paths(run, gt: str | os.PathLike, writes: str | os.PathLike) -> None:
+    """Refuse ground truth that ``eval`` would overwrite (``writes``: ``OUTPUT_DIR/eval.json``) or that lies in
+    the run's ``.annotator/`` state."""
     from annotator.ledger import LEDGER_DIRNAME
-    from annotator.review.exports import EVAL_FILENAME
 
     gt, out = Path(gt), Path(run.output_dir)
-    if same_path(gt, out / EVAL_FILENAME) or overlaps(gt, out / LEDGER_DIRNAME):
-        raise _refuse(f"the ground truth {gt}{_resolved(gt)} is where eval writes ({out / EVAL_FILENAME}) or the "
+    if same_path(gt, writes) or overlaps(gt, out / LEDGER_DIRNAME):
+        raise _refuse(f"the ground truth {gt}{_resolved(gt)} is where eval writes ({writes}) or the "
                       f"run's state: copy it elsewhere first")  # fmt: skip
 
 

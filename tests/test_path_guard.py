@@ -384,3 +384,24 @@ def test_export_review_eval_refuse_a_folder_whose_run_holds_the_lock(finished):
     p = cli("export", out, "--to", "labelstudio", timeout=120)  # the holder is gone: the export runs
     assert p.returncode == 0, p.stderr
     assert (out / "review" / "labelstudio" / "tasks.json").is_file()
+
+
+def test_a_list_or_one_image_run_exports_into_its_output_beside_the_list(tmp_path):
+    """For a ``.txt`` list (or one image) the input is that file, not its folder, which holds the default output
+    (``<list>_auto_annotate_labels``): review destinations there are fine; the list itself is not."""
+    from annotator.finished import FinishedRun
+    from annotator.path_guard import check_review_dest, run_input
+
+    x = make_dataset(tmp_path)
+    lst = x / "list.txt"
+    lst.write_text("images/a.png\n")
+    out = x / "list.txt_auto_annotate_labels"
+    run = FinishedRun(out, x, {0: "a"}, {}, {}, {"data": str(lst), "output_dir": str(out)})
+    assert run_input(run) == lst
+    check_review_dest(run, out / "review" / "cvat")
+    with pytest.raises(UnsafePathError, match="overlaps the run's input"):
+        check_review_dest(run, link(tmp_path / "Ll", lst))
+    with protect(inputs=[run_input(run)], output=[out / "review" / "cvat", out]):
+        assert atomic_write_text(out / "review" / "cvat" / "t.json", "[]\n", root=out / "review" / "cvat")
+        with pytest.raises(UnsafePathError, match="input file"):
+            check_write(lst, "replace")

@@ -37,13 +37,13 @@ def export_all(
 ) -> list[Path]:  # fmt: skip
     """Write the exports of ``tools`` (+ each one's review queue) into ``dest/<tool>`` (one tool: ``dest``;
     default ``output_dir/review/<tool>``); returns the written paths."""
-    from annotator.path_guard import check_review_dest, protect
+    from annotator.path_guard import check_review_dest, protect, run_input
     from annotator.review.queue import review_order, write_review_queue
 
     wheres = [_where(run, tool, tools, dest) for tool in tools]
     for where in wheres:
         check_review_dest(run, where)
-    with protect(inputs=[run.data_root], output=[*wheres, run.output_dir]):
+    with protect(inputs=[run_input(run)], output=[*wheres, run.output_dir]):
         return _export_all(run, tools, wheres, image_root, cvat_style, cvat_images, order)
 
 

@@ -170,11 +170,11 @@ def write_review_page(run: FinishedRun, dest: Path, *, per_page: int = 200, over
     """
     if int(per_page) < 1:
         raise ValueError(f"per_page must be at least 1, got {per_page!r}")
-    from annotator.path_guard import check_review_dest, protect
+    from annotator.path_guard import check_review_dest, protect, run_input
 
     per_page, dest = int(per_page), Path(dest).expanduser().absolute()
     check_review_dest(run, dest)
-    with protect(inputs=[run.data_root], output=[dest, run.output_dir]):
+    with protect(inputs=[run_input(run)], output=[dest, run.output_dir]):
         return _write_review_page(run, dest, per_page, overlays)
 
 
