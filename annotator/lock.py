@@ -32,7 +32,7 @@ def describe_holder(lock_text: str) -> str:
     cmd = ""
     try:
         raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-        cmd = " ".join(raw.decode(errors="replace").split("\0")).strip()
+        cmd = " ".join(raw.decode(errors="replace").replace("\0", " ").split())  # one line, whatever argv holds
     except OSError:
         pass
     alive = bool(cmd)

@@ -202,7 +202,7 @@ def check_annotate_paths(cfg) -> None:
 def run_input(run) -> Path:
     """What a finished run read (``run``: a :class:`annotator.finished.FinishedRun`): its ``data`` folder, or
     its one image / ``.txt`` list (not that file's folder, which may hold the output)."""
-    data = Path(str((run.settings or {}).get("data") or run.data_root))
+    data = Path(str((getattr(run, "settings", None) or {}).get("data") or run.data_root))  # duck-typed runs too
     return data if data.exists() else Path(run.data_root)
 
 
@@ -218,7 +218,8 @@ def check_review_dest(run, dest: str | os.PathLike) -> None:
             f"choose a folder outside it (the default is OUTPUT_DIR/review/...)"
         )
     out = Path(run.output_dir)
-    places = [out / LEDGER_DIRNAME] + ([] if run.sibling_layout else [out / "labels", out / "images"])
+    sibling = bool(getattr(run, "sibling_layout", False))
+    places = [out / LEDGER_DIRNAME] + ([] if sibling else [out / "labels", out / "images"])
     for place in places:
         if is_within(dest, place):
             raise _refuse(f"the destination {dest}{_resolved(dest)} lies in {place}, which the annotate run owns: "
