@@ -76,7 +76,7 @@ def _locked(output_dir: str):
     if not (out / ".annotator").is_dir():
         yield
         return
-    with OutputLock(out):
+    with OutputLock(out, read_only_ok=True):  # an archived, read-only run can still be exported elsewhere
         yield
 
 

@@ -357,7 +357,8 @@ def test_export_review_eval_refuse_destinations_on_inputs(finished):
     assert tree_state(x) == before and out_state() == out_before
 
 
-HOLDER = textwrap.dedent("""  # several lines: the holder's command line must still come out as one line
+# several lines on purpose: the holder's command line must still come out as one line
+HOLDER = textwrap.dedent("""
     import sys, time
     from pathlib import Path
     from annotator.lock import OutputLock
