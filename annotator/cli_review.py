@@ -119,6 +119,7 @@ def _eval(run, ns) -> int:
     check_eval_paths(run, ns.gt, run.output_dir / EVAL_FILENAME)
     with protect(inputs=[run_input(run), ns.gt], output=run.output_dir):
         report = evaluate(run, ns.gt)
-        atomic_write_text(run.output_dir / EVAL_FILENAME, json.dumps(report.to_dict(), indent=2) + "\n", root=run.output_dir)
+        text = json.dumps(report.to_dict(), indent=2) + "\n"
+        atomic_write_text(run.output_dir / EVAL_FILENAME, text, root=run.output_dir)
     print(json.dumps(report.to_dict(), indent=2) if ns.json else report.table())
     return 0

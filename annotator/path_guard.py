@@ -170,7 +170,9 @@ def check_annotate_paths(cfg) -> None:
     if real_path(out) == Path(real_path(out).anchor):
         raise _refuse(f"output_dir must not be a file-system root ({out}{_resolved(out)})")
     if data.is_dir() and is_within(out, data_dir):
-        raise _refuse(f"output_dir {out} is inside the input folder {data_dir}{_resolved(out)}: choose a folder outside it")
+        raise _refuse(
+            f"output_dir {out} is inside the input folder {data_dir}{_resolved(out)}: choose a folder outside it"
+        )
     state = out / LEDGER_DIRNAME
     subs = [state] if cfg.is_sibling_layout else [cfg.labels_dir, cfg.image_links_dir, state]
     for sub in subs:
@@ -196,7 +198,8 @@ def check_annotate_paths(cfg) -> None:
                 )
         for f in written_files:
             if same_path(given, f):
-                raise _refuse(f"the run writes {f}, which is the {name.replace('_', ' ')} {given}: choose another output_dir")
+                what = name.replace("_", " ")
+                raise _refuse(f"the run writes {f}, which is the {what} {given}: choose another output_dir")
 
 
 def run_input(run) -> Path:

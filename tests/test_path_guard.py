@@ -339,7 +339,8 @@ def _review_cases(t: Path, x: Path, out: Path):
          "overlaps the run's input"),
         (["review", out, "--dest", link(t / "Dr", x / "images" / "sub") / "page"], "overlaps the run's input"),
         (["review", out, "--dest", out / ".annotator" / "page"], "which the annotate run owns"),
-        (["export", out, "--to", "labelstudio", "--dest", link(t / "Di", out / "images")], "which the annotate run owns"),
+        (["export", out, "--to", "labelstudio", "--dest", link(t / "Di", out / "images")],
+         "which the annotate run owns"),
         (["eval", out, "--gt", link(t / "Lo", out) / "eval.json"], "is where eval writes"),
     ]  # fmt: skip
 
