@@ -9,6 +9,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -128,6 +129,7 @@ def run(cfg: AnnotateConfig, *, on_result: Callable | None = None, engine_option
     from annotator.ledger import Ledger
     from annotator.lock import OutputLock
     from annotator.output import remove_stale_temp_files
+    from annotator.path_guard import check_annotate_paths, protect
     from annotator.sources import scan_sources
     from annotator.workplan import hash_weights, plan_work
     from pipelines import get_engine
@@ -135,6 +137,7 @@ def run(cfg: AnnotateConfig, *, on_result: Callable | None = None, engine_option
     from annotator.validation import check_run_inputs
 
     t0 = time.perf_counter()
+    check_annotate_paths(cfg)  # again: a config built without make_config, or a folder that changed since
     check_run_inputs(cfg)  # every prompt file validated: one InputFileError line before any model or output
     prompt_file = cfg.prompt_points if cfg.prompts == "points" else cfg.prompt_labels  # hashed as the detector
     stand_in = cfg.everything.digest() if cfg.prompts == "everything" else None  # no detector file
@@ -146,8 +149,12 @@ def run(cfg: AnnotateConfig, *, on_result: Callable | None = None, engine_option
     except ValueError as e:
         raise ConfigError(str(e)) from None
     engine = get_engine(cfg.engine)
-    ensure_real_dir(cfg.output_dir)
-    with OutputLock(cfg.output_dir):
+    inputs = [cfg.data, cfg.prompt_labels, cfg.prompt_points, models.det_path, models.sam_path]
+    if not cfg.data.is_dir():  # one image or a .txt list: the listed files are the input
+        inputs += [it.path for it in scan.items] + [v.path for v in scan.videos]
+    with protect(inputs=inputs, output=cfg.output_dir), contextlib.ExitStack() as stack:
+        ensure_real_dir(cfg.output_dir)
+        stack.enter_context(OutputLock(cfg.output_dir))
         remove_stale_temp_files(Path(cfg.output_dir), skip=[cfg.data if cfg.data.is_dir() else cfg.data.parent])
         ledger = Ledger(Path(cfg.output_dir))
         try:
@@ -194,7 +201,12 @@ def _label_videos(cfg: AnnotateConfig, models, scan, plan, hooks: dict):
 
     factory = hooks.get("video_tracker_factory")
     tracker_name = "sam2" if factory is None else str(getattr(factory, "tracker_name", "custom"))
-    shutil.rmtree(VideoLayout.of(cfg).staging_root, ignore_errors=True)  # a killed run's half-labelled video
+    from annotator.path_guard import check_write
+
+    staging = VideoLayout.of(cfg).staging_root
+    if staging.exists():
+        check_write(staging, "remove_tree")
+    shutil.rmtree(staging, ignore_errors=True)  # a killed run's half-labelled video
     vplan = plan_videos(cfg, scan.videos, plan.ledger, plan.model_fp, plan.output_fp, tracker_name)
     plan.videos = [v.rel_path for v in scan.videos]
     results = []

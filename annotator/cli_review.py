@@ -14,6 +14,7 @@ exists (``annotator eval``), the images that disagree most with the hand-labelle
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -48,17 +49,15 @@ def add_commands(sub) -> None:
 
 
 def run_command(ns: argparse.Namespace) -> int:
-    """Run ``export`` / ``review`` / ``eval``; one-line errors, exit 2."""
+    """Run ``export`` / ``review`` / ``eval``; one-line errors, exit 2.
+
+    Each holds the output folder's lock (:class:`annotator.lock.OutputLock`) while it reads the ledger and
+    writes: while an ``annotate`` run holds the folder, it exits 2 naming the holder, as a second run does."""
     from annotator.errors import AnnotatorError
-    from annotator.finished import open_finished
 
     try:
-        run = open_finished(ns.output_dir)
-        if ns.command == "export":
-            return _export(run, ns)
-        if ns.command == "review":
-            return _review(run, ns)
-        return _eval(run, ns)
+        with _locked(ns.output_dir):
+            return _dispatch(ns)
     except AnnotatorError as e:
         print(f"annotator: error: {e}", file=sys.stderr)
         return 2
@@ -67,6 +66,31 @@ def run_command(ns: argparse.Namespace) -> int:
 
         print(f"annotator: error: {describe_os_error(e)}", file=sys.stderr)
         return 3
+
+
+@contextlib.contextmanager
+def _locked(output_dir: str):
+    """The output folder's lock, when the folder has the run state to lock (else :func:`open_finished` says
+    what is wrong, and nothing is created in a folder that is not an output)."""
+    from annotator.lock import OutputLock
+
+    out = Path(output_dir).expanduser().absolute()
+    if not (out / ".annotator").is_dir():
+        yield
+        return
+    with OutputLock(out, read_only_ok=True):  # an archived, read-only run can still be exported elsewhere
+        yield
+
+
+def _dispatch(ns: argparse.Namespace) -> int:
+    from annotator.finished import open_finished
+
+    run = open_finished(ns.output_dir)
+    if ns.command == "export":
+        return _export(run, ns)
+    if ns.command == "review":
+        return _review(run, ns)
+    return _eval(run, ns)
 
 
 def _export(run, ns) -> int:
@@ -92,7 +116,12 @@ def _eval(run, ns) -> int:
 
     from annotator.review.exports import EVAL_FILENAME
 
-    report = evaluate(run, ns.gt)
-    atomic_write_text(run.output_dir / EVAL_FILENAME, json.dumps(report.to_dict(), indent=2) + "\n", root=run.output_dir)
+    from annotator.path_guard import check_eval_paths, protect, run_input
+
+    check_eval_paths(run, ns.gt, run.output_dir / EVAL_FILENAME)
+    with protect(inputs=[run_input(run), ns.gt], output=run.output_dir):
+        report = evaluate(run, ns.gt)
+        text = json.dumps(report.to_dict(), indent=2) + "\n"
+        atomic_write_text(run.output_dir / EVAL_FILENAME, text, root=run.output_dir)
     print(json.dumps(report.to_dict(), indent=2) if ns.json else report.table())
     return 0

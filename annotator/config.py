@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from annotator.engine_settings import RaySettings
 from annotator.everything import EverythingSettings
 from annotator.errors import ConfigError
+from annotator.path_guard import UnsafePathError, absolute_path, check_annotate_paths
 
 Format = Literal["yolo", "coco", "both"]
 
@@ -245,7 +246,7 @@ class AnnotateConfig(BaseModel):
     @field_validator("data")
     @classmethod
     def _data_exists(cls, v: Path) -> Path:
-        p = Path(os.path.normpath(Path(os.path.expanduser(str(v))).absolute()))
+        p = absolute_path(v)
         if not p.exists():
             raise ValueError(f"{p} does not exist: pass a folder of images, an image, or a .txt list of images")
         return p
@@ -257,7 +258,7 @@ class AnnotateConfig(BaseModel):
         if self.prompts == "points":
             if self.prompt_points is None:
                 raise ValueError("prompts 'points' needs prompt_points (a JSON file of points per image)")
-            pts = Path(os.path.normpath(Path(os.path.expanduser(str(self.prompt_points))).absolute()))
+            pts = absolute_path(self.prompt_points)
             if not pts.is_file():
                 raise ValueError(f"prompt_points {pts} is not a file: pass the JSON file of point prompts")
             object.__setattr__(self, "prompt_points", pts)
@@ -270,30 +271,13 @@ class AnnotateConfig(BaseModel):
             out = self.data.parent / "labels-segment"  # where Ultralytics' yolo_bbox2segment writes
         if out is None:
             out = default_output_dir(self.data)
-        out = Path(os.path.normpath(Path(os.path.expanduser(str(out))).absolute()))
-        data_dir = self.data if self.data.is_dir() else self.data.parent
+        out = absolute_path(out)
         if out == Path(out.anchor):
             raise ValueError(f"output_dir must not be a file-system root ({out})")
-        if self.data.is_dir() and (out == data_dir or data_dir in out.parents):
-            raise ValueError(f"output_dir {out} is inside the input folder {data_dir}: choose a folder outside it")
         if out.exists() and not out.is_dir():
             raise ValueError(f"output_dir {out} exists and is not a folder")
         object.__setattr__(self, "output_dir", out)
-        if not self.is_sibling_layout:
-            for sub in (self.labels_dir, self.image_links_dir):
-                if self.data == sub or sub in self.data.parents:
-                    raise ValueError(
-                        f"the input {self.data} lies in {sub}, where this run writes the dataset's "
-                        f"{sub.name}/: choose another output_dir (the default for a folder named 'images' is the "
-                        f"sibling 'labels' folder)"
-                    )
-        if self.prompt_labels is not None and self.writes_yolo:
-            labels = self.prompt_labels
-            if labels == self.labels_dir or self.labels_dir in labels.parents or labels in self.labels_dir.parents:
-                raise ValueError(
-                    f"output labels {self.labels_dir} would overwrite the prompt labels {labels}: choose another "
-                    f"output_dir (the default for data 'X/images' is 'X/labels-segment')"
-                )
+        check_annotate_paths(self)  # every overlap, on resolved paths (links, '..', bind mounts): one place
         wd = self.weights_dir if self.weights_dir is not None else os.environ.get(WEIGHTS_DIR_ENV) or None
         object.__setattr__(self, "weights_dir", Path(wd).expanduser().absolute() if wd else None)
         return self
@@ -307,7 +291,7 @@ class AnnotateConfig(BaseModel):
                     "prompts 'boxes' needs prompt_labels (a YOLO labels folder or a COCO .json), or data in a folder "
                     "named 'images' (its labels are then read from the matching 'labels' folder, as Ultralytics does)"
                 )
-        labels = Path(os.path.normpath(Path(os.path.expanduser(str(labels))).absolute()))
+        labels = absolute_path(labels)
         if not labels.exists():
             raise ValueError(f"prompt_labels {labels} does not exist: pass a YOLO labels folder or a COCO .json file")
         object.__setattr__(self, "prompt_labels", labels)
@@ -430,6 +414,9 @@ def make_config(**kwargs: Any) -> AnnotateConfig:
     try:
         return AnnotateConfig(**kwargs)
     except ValidationError as e:
+        for err in e.errors():  # an unsafe path keeps its own type (and its one line)
+            if isinstance((err.get("ctx") or {}).get("error"), UnsafePathError):
+                raise err["ctx"]["error"] from None
         raise ConfigError(describe_validation_error(e)) from None
 
 
@@ -505,7 +492,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     for key in _PATH_SETTINGS:
         v = raw.get(key)
         if isinstance(v, str) and v and not Path(os.path.expanduser(v)).is_absolute():
-            raw[key] = os.path.normpath(base / v)
+            raw[key] = str(absolute_path(base / v))  # '..' as the OS reads it (after links)
     for key in _WEIGHT_SETTINGS:
         v = raw.get(key)
         if isinstance(v, str) and v and not Path(os.path.expanduser(v)).is_absolute():

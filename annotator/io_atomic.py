@@ -13,6 +13,8 @@
 * **Never through a link**: with ``root=``, every folder between ``root`` and the target must be a real
   folder (created when missing); a symbolic link there raises :class:`~annotator.errors.OutputError`. A target
   that is itself a link is replaced by the new file, never written through.
+* **Never into an input**: every create, replace and delete first calls
+  :func:`annotator.path_guard.check_write` (refused inside an input tree, or outside the registered output).
 * **Errors**: an ``OSError`` (disk full, read-only, permission denied) becomes one
   :class:`~annotator.errors.OutputError` line naming the path and the cause.
 
@@ -43,6 +45,7 @@ from pathlib import Path
 from typing import IO, Literal
 
 from annotator.errors import OutputError, describe_os_error
+from annotator.path_guard import check_write
 
 __all__ = [
     "atomic_symlink",
@@ -102,10 +105,12 @@ def ensure_real_dir(directory: str | os.PathLike, root: str | os.PathLike | None
     d = Path(directory)
     try:
         if root is None:
+            check_write(d, "mkdir")
             d.mkdir(parents=True, exist_ok=True)
             return d
         r = Path(root)
         rel = d.relative_to(r)
+        check_write(r, "mkdir")
         r.mkdir(parents=True, exist_ok=True)
         cur = r
         for part in rel.parts:
@@ -113,6 +118,7 @@ def ensure_real_dir(directory: str | os.PathLike, root: str | os.PathLike | None
             try:
                 st = os.lstat(cur)
             except FileNotFoundError:
+                check_write(cur, "mkdir")  # its parent is a real folder below root (checked just before)
                 try:
                     os.mkdir(cur)
                 except FileExistsError:
@@ -139,6 +145,7 @@ def temp_path_in(directory: str | os.PathLike, stem: str = "", *, root: str | os
     ensure_real_dir(directory, root)
     for _ in range(100):
         path = Path(directory) / _random_temp_name()
+        check_write(path, "create")
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, FILE_MODE)
         except FileExistsError:
@@ -186,8 +193,9 @@ def atomic_writer(
     target = Path(path)
     if target.is_dir() and not target.is_symlink():
         raise OutputError(f"cannot write {target}: it is a folder; move it away")
-    tmp = temp_path_in(target.parent, root=root)
+    tmp = temp_path_in(target.parent, root=root)  # checks the folders (links) first, then the guard
     try:
+        check_write(target, "replace")
         kwargs = {"encoding": "utf-8", "newline": "\n"} if mode == "w" else {}
         try:
             f = open(tmp, mode, **kwargs)
@@ -248,8 +256,10 @@ def atomic_symlink(target: str | os.PathLike, link: str | os.PathLike, *, root: 
     except OSError:
         pass
     ensure_real_dir(link.parent, root)
+    check_write(link, "replace")
     for _ in range(100):
         tmp = link.parent / _random_temp_name()
+        check_write(tmp, "create")
         try:
             os.symlink(want, tmp)
             break
@@ -271,7 +281,11 @@ def remove_file(path: str | os.PathLike) -> bool:
 
     Raises:
         OutputError: it exists and can not be removed (read-only folder, permission).
+        annotator.path_guard.UnsafePathError: it is an input, or outside the registered output.
     """
+    if not os.path.lexists(path):
+        return False
+    check_write(path, "remove")
     try:
         os.unlink(path)
         return True

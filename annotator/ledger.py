@@ -216,6 +216,9 @@ class Ledger:
 
         self.dir = ensure_real_dir(Path(output_dir) / LEDGER_DIRNAME, output_dir)
         self.path = self.dir / LEDGER_FILENAME
+        from annotator.path_guard import check_write
+
+        check_write(self.path, "create")  # and its -wal / -shm beside it
         try:
             self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self.db.execute("PRAGMA journal_mode=WAL")

@@ -6,6 +6,7 @@ so a crashed run never blocks the next one.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import time
@@ -32,7 +33,7 @@ def describe_holder(lock_text: str) -> str:
     cmd = ""
     try:
         raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-        cmd = " ".join(raw.decode(errors="replace").split("\0")).strip()
+        cmd = " ".join(raw.decode(errors="replace").replace("\0", " ").split())  # one line, whatever argv holds
     except OSError:
         pass
     alive = bool(cmd)
@@ -64,19 +65,27 @@ class OutputLock:
         ...     pass
     """
 
-    def __init__(self, output_dir: Path) -> None:
+    def __init__(self, output_dir: Path, *, read_only_ok: bool = False) -> None:
+        """``read_only_ok``: a reader (export, review, eval) of an output folder it can not write takes a shared
+        lock on the existing lock file instead (still refused while a run holds it); none when there is none."""
         self.path = Path(output_dir) / ".annotator" / "lock"
+        self.read_only_ok = read_only_ok
         self._fd: int | None = None
 
     def acquire(self) -> None:
         from annotator.errors import OutputError, describe_os_error
         from annotator.io_atomic import ensure_real_dir
+        from annotator.path_guard import check_write
 
         out = self.path.parent.parent
         ensure_real_dir(self.path.parent, out)
+        check_write(self.path, "create")
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
         except OSError as e:
+            if self.read_only_ok and e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+                self._acquire_shared(out)
+                return
             raise OutputError(f"cannot open the output folder's lock {describe_os_error(e, self.path)}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -92,6 +101,26 @@ class OutputLock:
         except OSError as e:
             os.close(fd)
             raise OutputError(f"cannot write the output folder's lock {describe_os_error(e, self.path)}") from None
+        self._fd = fd
+
+    def _acquire_shared(self, out: Path) -> None:
+        """A shared lock through a read-only descriptor (a folder this process can not write)."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return  # never locked, and no run can create the lock here now
+        except OSError as e:
+            from annotator.errors import OutputError, describe_os_error
+
+            raise OutputError(f"cannot open the output folder's lock {describe_os_error(e, self.path)}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                owner = os.read(fd, 200).decode(errors="replace").strip()
+            finally:
+                os.close(fd)
+            raise OutputLockedError(f"output folder {out} is in use: {describe_holder(owner)}") from None
         self._fd = fd
 
     def release(self) -> None:

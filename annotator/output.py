@@ -51,6 +51,7 @@ from annotator.formats.yolo import (
 )
 from annotator.io_atomic import atomic_symlink, atomic_write_text, ensure_real_dir, is_own_temp_name, remove_file
 from annotator.ledger import FileStat, instances_from_json
+from annotator.path_guard import write_allowed
 from annotator.records import ImageResult, ImageStatus, SourceItem
 
 _PROCESSED = (ImageStatus.OK.value, ImageStatus.EMPTY.value)
@@ -82,7 +83,7 @@ def remove_stale_temp_files(output_dir: Path, *, skip: Sequence[Path] = ()) -> i
     for root, dirs, files in os.walk(output_dir):  # followlinks=False: links to folders are not entered
         dirs[:] = [d for d in dirs if os.path.realpath(os.path.join(root, d)) not in skip_real]
         for f in files:
-            if is_own_temp_name(f):
+            if is_own_temp_name(f) and write_allowed(os.path.join(root, f), "remove"):  # never in an input
                 try:
                     os.unlink(os.path.join(root, f))
                     n += 1

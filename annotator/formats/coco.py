@@ -48,6 +48,7 @@ from typing import IO, Literal
 import numpy as np
 
 from annotator.io_atomic import atomic_writer, temp_path_in
+from annotator.path_guard import check_write
 from annotator.records import PolygonInstance
 
 __all__ = [
@@ -397,6 +398,7 @@ class CocoJsonWriter:
                 f.close()
         for p in self._spills:
             with contextlib.suppress(FileNotFoundError):
+                check_write(p, "remove")
                 p.unlink()
 
     def __enter__(self) -> CocoJsonWriter:

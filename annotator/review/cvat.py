@@ -63,6 +63,7 @@ from annotator.errors import ConfigError
 from annotator.finished import FinishedImage, FinishedRun
 from annotator.formats.coco import coco_categories, coco_image_entry, instances_to_coco_annotations
 from annotator.io_atomic import atomic_write_text, atomic_writer, ensure_real_dir, temp_path_in
+from annotator.path_guard import check_write
 from annotator.review.xml_text import xml_attr, xml_text
 
 __all__ = [
@@ -173,6 +174,7 @@ def export_cvat(run: FinishedRun, dest: str | os.PathLike, *, style: str = "both
             f.close()
         for p in spills:
             with contextlib.suppress(FileNotFoundError):
+                check_write(p, "remove")
                 p.unlink()
 
 
@@ -350,6 +352,7 @@ def _copy_image(img: FinishedImage, dest: Path) -> None:
             return
     ensure_real_dir(target.parent, dest)
     tmp = temp_path_in(target.parent)
+    check_write(target, "replace")
     try:
         tmp.unlink()
         try:

@@ -37,12 +37,29 @@ def export_all(
 ) -> list[Path]:  # fmt: skip
     """Write the exports of ``tools`` (+ each one's review queue) into ``dest/<tool>`` (one tool: ``dest``;
     default ``output_dir/review/<tool>``); returns the written paths."""
+    from annotator.path_guard import check_review_dest, protect, run_input
+    from annotator.review.queue import review_order, write_review_queue
+
+    wheres = [_where(run, tool, tools, dest) for tool in tools]
+    for where in wheres:
+        check_review_dest(run, where)
+    with protect(inputs=[run_input(run)], output=[*wheres, run.output_dir]):
+        return _export_all(run, tools, wheres, image_root, cvat_style, cvat_images, order)
+
+
+def _where(run: FinishedRun, tool: str, tools: Sequence[str], dest: Path | None) -> Path:
+    where = Path(dest) / tool if dest is not None and len(tools) > 1 else Path(dest or run.output_dir / "review" / tool)
+    from annotator.path_guard import absolute_path
+
+    return absolute_path(where)  # 'link/..' as the OS reads it
+
+
+def _export_all(run, tools, wheres, image_root, cvat_style, cvat_images, order) -> list[Path]:
     from annotator.review.queue import review_order, write_review_queue
 
     queue = None  # the same for every tool: computed once, after the first export
     written = []
-    for tool in tools:
-        where = Path(dest) / tool if dest is not None and len(tools) > 1 else Path(dest or run.output_dir / "review" / tool)
+    for tool, where in zip(tools, wheres):
         if tool == "labelstudio":
             from annotator.review.labelstudio import export_labelstudio
 

@@ -173,7 +173,15 @@ def write_review_page(run: FinishedRun, dest: Path, *, per_page: int = 200, over
     """
     if int(per_page) < 1:
         raise ValueError(f"per_page must be at least 1, got {per_page!r}")
+    from annotator.path_guard import check_review_dest, protect, run_input
+
     per_page, dest = int(per_page), Path(dest).expanduser().absolute()
+    check_review_dest(run, dest)
+    with protect(inputs=[run_input(run)], output=[dest, run.output_dir]):
+        return _write_review_page(run, dest, per_page, overlays)
+
+
+def _write_review_page(run, dest: Path, per_page: int, overlays: bool) -> Path:
     ensure_real_dir(dest)
     data_dir = ensure_real_dir(dest / "data", dest)
     names = dict(run.names)

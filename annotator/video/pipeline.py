@@ -138,9 +138,13 @@ class VideoUnsupported(Exception):
 
 def _remove_tree(path: Path) -> None:
     """Remove a folder we wrote (a link in its place is unlinked, never followed)."""
+    from annotator.path_guard import check_write
+
     if path.is_symlink() or path.is_file():
+        check_write(path, "remove")
         path.unlink()
     elif path.is_dir():
+        check_write(path, "remove_tree")
         shutil.rmtree(path)
 
 
@@ -150,6 +154,9 @@ def remove_video_outputs(layout: VideoLayout, rel: str) -> None:
     _remove_tree(layout.labels_dir(rel))
     tracks = layout.tracks_path(rel)
     if tracks.is_file() or tracks.is_symlink():
+        from annotator.path_guard import check_write
+
+        check_write(tracks, "remove")
         tracks.unlink()
 
 
@@ -225,6 +232,9 @@ class VideoLabeller:
 
     def _label(self, item: SourceItem, staging: Path) -> LabelledVideo:
         rel, cfg = item.rel_path, self.cfg
+        from annotator.path_guard import check_write
+
+        check_write(staging, "mkdir")  # everything of this video is written below it
         (staging / "images").mkdir(parents=True)
         self.tracker.reset()
         written = instances = 0
@@ -335,12 +345,14 @@ def label_and_commit(labeller: VideoLabeller, ledger: VideoLedger, item: SourceI
 
 def _move_into_place(layout: VideoLayout, rel: str, staging: Path) -> None:
     from annotator.io_atomic import ensure_real_dir
+    from annotator.path_guard import check_write
 
     for kind, final in (("images", layout.frames_dir(rel)), ("labels", layout.labels_dir(rel))):
         if not (staging / kind).is_dir():
             continue
         ensure_real_dir(final.parent, layout.output_dir)
         _remove_tree(final)
+        check_write(final, "replace")
         os.replace(staging / kind, final)
 
 
