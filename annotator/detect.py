@@ -268,7 +268,8 @@ class Detector:
         if not launches:
             return []
         with torch.inference_mode():
-            flat = torch.cat([x.candidates.reshape(-1) for x in launches]) if len(launches) > 1 else launches[0].candidates.reshape(-1)
+            parts = [x.candidates.reshape(-1) for x in launches]
+            flat = torch.cat(parts) if len(parts) > 1 else parts[0]
             host = flat.cpu().numpy()  # the detector's one device-to-host copy per batch
         a = self._predictor().args
         out, start = [], 0
@@ -278,7 +279,8 @@ class Detector:
             start += b * n_anchors * 6
             dets = []
             for k, hw in enumerate(x.image_hws):
-                kept = scale_to_image(host_nms(cand[k], a.iou, a.max_det, agnostic=bool(a.agnostic_nms)), x.input_hw, hw)
+                kept = host_nms(cand[k], a.iou, a.max_det, agnostic=bool(a.agnostic_nms))
+                kept = scale_to_image(kept, x.input_hw, hw)
                 dets.append(Detections(
                     xyxy_px=np.ascontiguousarray(kept[:, :4], np.float32).reshape(-1, 4),
                     class_ids=kept[:, 5].astype(np.int64),

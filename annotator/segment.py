@@ -148,7 +148,7 @@ class Segmenter:
         self.cpu_workers = default_cpu_workers() if self.device.type == "cpu" and not self._cuda else 1
         # CPU: small decoder calls are faster (cache): 20 boxes took 1.9 s in calls of 2, 2.4 s of 5, 3.8 s of 20
         self.max_decoder_boxes = 256 if self._cuda else 4
-        self.decoder_buckets: tuple[int, ...] = (32, 64, 128, 256)  # CUDA code path: decoder call sizes (decoder_spans)
+        self.decoder_buckets: tuple[int, ...] = (32, 64, 128, 256)  # CUDA code path: call sizes (decoder_spans)
         self.batch_decoder = mask_upsample != "full"
         self.mask_prompts = False  # detector_masks "prompt": the detections' det_masks go to SAM as mask_input
         self.finisher = MaskFinisher(self.min_score, mask_upsample, self._mask_threshold)
@@ -201,7 +201,9 @@ class Segmenter:
         with torch.inference_mode():
             return self._encode_images(prepared, list(range(len(prepared))))
 
-    def decode_batch(self, feats: list, image_hws: Sequence[tuple[int, int]], detections: Sequence[Detections]) -> list[SamOutput]:
+    def decode_batch(
+        self, feats: list, image_hws: Sequence[tuple[int, int]], detections: Sequence[Detections]
+    ) -> list[SamOutput]:
         """[model thread] Prompt encoder and mask decoder for the boxes of a batch whose images were all encoded by
         :meth:`encode_batch`, then one device-to-host copy: one :class:`SamOutput` per image, as :meth:`infer`."""
         import torch

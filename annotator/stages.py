@@ -276,7 +276,8 @@ class Stages:
         by_shape: dict[tuple, list[int]] = {}
         for i, p in enumerate(prepared):
             by_shape.setdefault(tuple(np.shape(p.det_input)), []).append(i)
-        return [idxs[k : k + self.det_batch] for idxs in by_shape.values() for k in range(0, len(idxs), self.det_batch)]
+        step = self.det_batch
+        return [idxs[k : k + step] for idxs in by_shape.values() for k in range(0, len(idxs), step)]
 
     def _launch(self, prepared: Sequence[PreparedImage]):
         """Queue the detector calls of a batch (each exactly ``det_batch`` images, the last padded with copies)."""

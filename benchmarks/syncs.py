@@ -147,7 +147,7 @@ def emulate_cuda_path(stages, batch_size: int) -> None:
 
 
 def measure(root: Path, batch_sizes, prompts, *, images: int, image_hw, emulate: bool = False) -> list[dict]:
-    """Syncs per batch for each prompt mode and batch size on ``images`` synthetic images (written under ``root``)."""
+    """Syncs per batch for each prompt mode and batch size on ``images`` synthetic images (under ``root``)."""
     from annotator.config import make_config
     from annotator.models import resolve_models
     from annotator.random_weights import write_random_sam
@@ -174,7 +174,8 @@ def measure(root: Path, batch_sizes, prompts, *, images: int, image_hw, emulate:
             per = syncs_per_batch(stages, cfg, items)
             ops = sum(per, collections.Counter())
             rows.append({
-                "prompts": mode, "batch": b, "batches": len(per), "syncs_per_batch_max": max(sum(c.values()) for c in per),
+                "prompts": mode, "batch": b, "batches": len(per),
+                "syncs_per_batch_max": max(sum(c.values()) for c in per),
                 "syncs_per_batch_mean": round(sum(sum(c.values()) for c in per) / len(per), 2),
                 "by_op_per_batch": {k: round(v / len(per), 2) for k, v in sorted(ops.items())},
             })  # fmt: skip
