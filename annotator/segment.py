@@ -8,7 +8,10 @@ Three steps, so that an engine can run them on different threads (``__call__`` c
    the image encoder on fixed-shape chunks of ``encoder_batch`` images (on a CPU, ``cpu_workers`` threads
    encode one chunk per task instead, see :func:`default_cpu_workers`), then the prompt encoder and mask
    decoder once for all boxes of all images (each box indexes its image's features) and one device-to-host
-   copy of all low-res logits and scores: a :class:`SamOutput` per image;
+   copy of all low-res logits and scores: a :class:`SamOutput` per image. On the CUDA code path
+   (:mod:`annotator.code_path`) the engine calls its two halves instead: :meth:`Segmenter.encode_batch` (every image,
+   queued before the detector's results are read back) and :meth:`Segmenter.decode_batch` (decoder calls padded to
+   a few bucket sizes, :func:`decoder_spans`);
 3. :meth:`Segmenter.finish` (CPU pool): keep a mask only when its SAM score is above ``min_score``
    (Ultralytics' SAM ``conf``) and it is not empty, upsample it to the image (see :mod:`annotator.mask_upsample`)
    and build each :class:`Instance` from *its own* detection (class id, detector confidence, box): a dropped

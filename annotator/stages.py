@@ -6,6 +6,9 @@ many*; this module decides *what*. Per image and per batch::
     CPU pool:     decode_or_error -> Stages.prepare       (letterbox for the detector and for SAM)
     CPU:          Stages.collate                           (one batch, SAM inputs stacked in pinned memory)
     model thread: Stages.infer                             (detector + SAM encoder/decoder; one copy to host)
+                  CUDA code path (annotator.code_path):     detector launched -> SAM encoder queued -> the
+                                                           detector's one copy, NMS on the host -> decoder ->
+                                                           SAM's one copy: <= 2 host syncs per batch
     CPU pool:     Stages.finish                            (mask upsampling, polygons)
 
 Per-image failures become :class:`~annotator.records.ImageResult` statuses, never exceptions: a batch
