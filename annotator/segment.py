@@ -323,9 +323,10 @@ class Segmenter:
         t = torch.from_numpy(np.ascontiguousarray(host_array)) if isinstance(host_array, np.ndarray) else host_array
         return t.to(self.device, non_blocking=True)
 
-    def _boxes(self, image_hws, detections, todo, rows):
+    def _boxes(self, image_hws, detections, todo, rows=None):
         """All boxes of the ``todo`` images in the 1024 px frame ``(N, 4)`` and each box's feature row ``(N,)``
-        (``rows[k]``: the row of image ``todo[k]``), on the device (uploaded without a host sync)."""
+        (``rows[k]``: the row of image ``todo[k]``, default ``k``), on the device (uploaded without a host sync)."""
+        rows = range(len(todo)) if rows is None else rows
         boxes = np.concatenate(
             [detections[i].xyxy_px.astype(np.float32, copy=False) * input_gain(image_hws[i]) for i in todo]
         ).astype(np.float32, copy=False)
