@@ -92,6 +92,21 @@ def precision_kwargs(fp16: bool) -> dict:
     return {"half": fp16}
 
 
+@dataclass(frozen=True)
+class DetectorLaunch:
+    """A detector batch queued on the device (:meth:`Detector.launch`), not yet read back.
+
+    Attributes:
+        candidates: ``(B, A, 6)`` float32 device tensor (:func:`annotator.batched_nms.device_candidates`).
+        input_hw: the letterboxed model input's ``(height, width)``.
+        image_hws: each image's original ``(height, width)`` (``B`` of them).
+    """
+
+    candidates: object
+    input_hw: tuple[int, int]
+    image_hws: list
+
+
 class Detector:
     """Run a YOLO detector on BGR images.
 
@@ -223,6 +238,70 @@ class Detector:
                     det_masks=masks,
                 )
             )
+        return out
+
+    @property
+    def batched_nms(self) -> bool:
+        """The CUDA code path's NMS applies (:mod:`annotator.batched_nms`): a plain detector (not ``-seg`` with
+        masks kept, not an end-to-end model) with one best class per box."""
+        p = self._predictor()
+        return (
+            not self.with_masks
+            and p.args.task == "detect"
+            and not getattr(p.model, "end2end", False)
+            and not getattr(p.args, "multi_label", False)
+        )
+
+    def launch(self, prepared, image_hws: Sequence[tuple[int, int]]) -> DetectorLaunch:
+        """[model thread, CUDA code path] Queue the detector on a batch of :meth:`prepare`-d images of one shape:
+        upload, model and the sync-free part of NMS (:func:`annotator.batched_nms.device_candidates`). Nothing is
+        read back: hand the launches of a batch to :meth:`collect` once the next device work is queued."""
+        import torch
+
+        from annotator.batched_nms import device_candidates
+
+        predictor = self._predictor()
+        batch = prepared if isinstance(prepared, torch.Tensor) else torch.from_numpy(
+            prepared if isinstance(prepared, np.ndarray) else np.stack(prepared)
+        )
+        self.threads.apply()
+        with torch.inference_mode():
+            im = batch.to(predictor.device, non_blocking=True).permute(0, 3, 1, 2).contiguous().flip(1)
+            im = (im.half() if predictor.model.fp16 else im.float()).div_(255)
+            preds = predictor.inference(im)
+            a = predictor.args
+            cand = device_candidates(preds, a.conf, a.classes)
+        return DetectorLaunch(cand, tuple(int(v) for v in im.shape[2:]), [tuple(map(int, hw)) for hw in image_hws])
+
+    def collect(self, launches: Sequence[DetectorLaunch]) -> list[list[Detections]]:
+        """[model thread] The launches' candidates to the host in ONE copy, then NMS and box scaling there (numpy):
+        one list of :class:`Detections` per launch, its images' original pixels (padding images included)."""
+        import torch
+
+        from annotator.batched_nms import host_nms, scale_to_image
+
+        if not launches:
+            return []
+        with torch.inference_mode():
+            parts = [x.candidates.reshape(-1) for x in launches]
+            flat = torch.cat(parts) if len(parts) > 1 else parts[0]
+            host = flat.cpu().numpy()  # the detector's one device-to-host copy per batch
+        a = self._predictor().args
+        out, start = [], 0
+        for x in launches:
+            b, n_anchors, _ = x.candidates.shape
+            cand = host[start : start + b * n_anchors * 6].reshape(b, n_anchors, 6)
+            start += b * n_anchors * 6
+            dets = []
+            for k, hw in enumerate(x.image_hws):
+                kept = host_nms(cand[k], a.iou, a.max_det, agnostic=bool(a.agnostic_nms))
+                kept = scale_to_image(kept, x.input_hw, hw)
+                dets.append(Detections(
+                    xyxy_px=np.ascontiguousarray(kept[:, :4], np.float32).reshape(-1, 4),
+                    class_ids=kept[:, 5].astype(np.int64),
+                    det_conf=np.ascontiguousarray(kept[:, 4], np.float32),
+                ))  # fmt: skip
+            out.append(dets)
         return out
 
     def _predictor(self):

@@ -103,19 +103,21 @@ def static_label_prompts(prompt_encoder, points_1024, labels: tuple[int, ...]):
     return sparse, dense
 
 
-def decode_sam2(model, feats: list, boxes_1024, img_idx):
+def decode_sam2(model, feats: list, boxes_1024, img_idx, *, one_image: int | None = None):
     """SAM 2 decoder once for ``N`` boxes of several images: each box gets its image's features via ``img_idx``.
 
     Args:
         feats: SAM 2 feature list of ``B`` images.
         boxes_1024: ``(N, 4)`` float32 xyxy boxes in the 1024 px input frame.
         img_idx: ``(N,)`` int64 image of each box (indices into ``feats``).
+        one_image: the feature row of every box when the caller knows (host) that they all share one: the
+            high-resolution features are then broadcast instead of gathered per box (same values).
 
     Returns:
         ``(N, 256, 256)`` low-res logits and ``(N,)`` scores.
     """
     sparse, dense = sam2_box_prompts(model.sam_prompt_encoder, boxes_1024)
-    return decode_embedded(model, "sam2", feats, sparse, dense, img_idx=img_idx)
+    return decode_embedded(model, "sam2", feats, sparse, dense, img_idx=img_idx, one_image=one_image)
 
 
 def decode_one_image(model, family: str, feats: list, j: int, boxes_1024, *, reference: bool = False):
@@ -164,12 +166,15 @@ def embed_prompts(model, family: str, boxes_1024, box_used: bool, points_1024, p
 
 
 def decode_embedded(
-    model, family: str, feats: list, sparse, dense, *, img_idx=None, j: int | None = None, multimask: bool = False
+    model, family: str, feats: list, sparse, dense, *, img_idx=None, j: int | None = None, multimask: bool = False,
+    one_image: int | None = None,
 ):
     """The mask decoder on embedded prompts: with image ``j``'s features broadcast (Ultralytics' per-image call),
     or each prompt with its own image's features gathered by ``img_idx`` (SAM 2's batched call).
     Returns ``(n, 256, 256)`` logits and ``(n,)`` scores; with ``multimask``, SAM's 3 masks per prompt,
-    prompt-major: ``(3n, 256, 256)`` and ``(3n,)``."""
+    prompt-major: ``(3n, 256, 256)`` and ``(3n,)``. With ``img_idx``, ``one_image`` (every prompt's row, known on
+    the host) broadcasts the high-resolution features instead of gathering a copy per prompt (~12 MB each in
+    fp32): the decoder only adds them, so the values are the same."""
     if family == "sam":
         masks, scores = model.mask_decoder(
             image_embeddings=feats[0][j : j + 1],
@@ -182,6 +187,10 @@ def decode_embedded(
     if j is not None:
         embed, high = feats[0][j : j + 1], [f[j : j + 1] for f in feats[1:]]
         repeat = sparse.shape[0] > 1
+    elif one_image is not None:
+        embed = feats[0].index_select(0, img_idx)  # the decoder's per-prompt input: a copy per prompt anyway
+        high = [f[one_image : one_image + 1] for f in feats[1:]]  # added by broadcasting: no copy
+        repeat = False
     else:
         embed, *high = (f.index_select(0, img_idx) for f in feats)
         repeat = False

@@ -8,7 +8,10 @@ Three steps, so that an engine can run them on different threads (``__call__`` c
    the image encoder on fixed-shape chunks of ``encoder_batch`` images (on a CPU, ``cpu_workers`` threads
    encode one chunk per task instead, see :func:`default_cpu_workers`), then the prompt encoder and mask
    decoder once for all boxes of all images (each box indexes its image's features) and one device-to-host
-   copy of all low-res logits and scores: a :class:`SamOutput` per image;
+   copy of all low-res logits and scores: a :class:`SamOutput` per image. On the CUDA code path
+   (:mod:`annotator.code_path`) the engine calls its two halves instead: :meth:`Segmenter.encode_batch` (every image,
+   queued before the detector's results are read back) and :meth:`Segmenter.decode_batch` (decoder calls padded to
+   a few bucket sizes, :func:`decoder_spans`);
 3. :meth:`Segmenter.finish` (CPU pool): keep a mask only when its SAM score is above ``min_score``
    (Ultralytics' SAM ``conf``) and it is not empty, upsample it to the image (see :mod:`annotator.mask_upsample`)
    and build each :class:`Instance` from *its own* detection (class id, detector confidence, box): a dropped
@@ -41,6 +44,7 @@ from typing import Literal
 import numpy as np
 
 from annotator import sam_ops
+from annotator.code_path import cuda_code_path
 from annotator.detect import TorchThreads
 from annotator.mask_upsample import LOWRES_PX, SAM_INPUT_PX, MaskFinisher, input_gain
 from annotator.models import load_sam
@@ -112,6 +116,8 @@ class Segmenter:
         cpu_workers: CPU only: threads that encode one chunk each in parallel (:func:`default_cpu_workers`).
         max_decoder_boxes: boxes per mask-decoder call (256 on CUDA: ~40 MB of features per box in fp32; 4 on a
             CPU, where small calls are faster). The calls group boxes by position, not by image.
+        decoder_buckets: CUDA code path: the sizes a decoder call is padded to, the smallest that fits
+            (32/64/128/256; calls of ``max_decoder_boxes`` beyond it), see :func:`decoder_spans`.
         batch_decoder: one decoder call for the boxes of all images (default), or one per image (compat mode).
     """
 
@@ -140,11 +146,12 @@ class Segmenter:
         self._mean, self._std = sam_ops.mean_std(self.device)
         self._mask_threshold = float(getattr(self.model, "mask_threshold", 0.0))
         self._compiled = False
-        self._cuda = self.device.type == "cuda"
+        self._cuda = cuda_code_path(self.device)  # fixed-shape calls (also on a CPU with ANNOTATOR_CUDA_CODE_PATH=1)
         self.encoder_batch = 1
-        self.cpu_workers = default_cpu_workers() if self.device.type == "cpu" else 1
+        self.cpu_workers = default_cpu_workers() if self.device.type == "cpu" and not self._cuda else 1
         # CPU: small decoder calls are faster (cache): 20 boxes took 1.9 s in calls of 2, 2.4 s of 5, 3.8 s of 20
         self.max_decoder_boxes = 256 if self._cuda else 4
+        self.decoder_buckets: tuple[int, ...] = (32, 64, 128, 256)  # CUDA code path: call sizes (decoder_spans)
         self.batch_decoder = mask_upsample != "full"
         self.mask_prompts = False  # detector_masks "prompt": the detections' det_masks go to SAM as mask_input
         self.finisher = MaskFinisher(self.min_score, mask_upsample, self._mask_threshold)
@@ -172,12 +179,11 @@ class Segmenter:
         import torch
 
         todo, counts = self._check(prepared, image_hws, detections)
-        out = [SamOutput.empty() for _ in image_hws]
         if not todo:
-            return out
+            return [SamOutput.empty() for _ in image_hws]
         self.threads.apply()
         with torch.inference_mode():
-            boxes, img_idx = self._boxes(image_hws, detections, todo)  # uploads queued before the encoder
+            boxes, img_idx = self._boxes(image_hws, detections, todo, range(len(todo)))  # queued before the encoder
             extra = self._extra_prompts(image_hws, detections, todo)
             workers = min(self.cpu_workers, len(todo)) if self.device.type == "cpu" and not self._compiled else 1
             if workers > 1:
@@ -186,9 +192,45 @@ class Segmenter:
                 feats = self._encode_images(prepared, todo)
                 with self._autocast():
                     logits, scores = self._decode(feats, boxes, img_idx, [counts[i] for i in todo], extra)
-            n = logits.shape[0]
-            host = torch.cat([scores.reshape(n, 1).float(), logits.reshape(n, -1).float()], 1).cpu().numpy()
+            return self._to_host(logits, scores, todo, counts, len(image_hws))
+
+    def encode_batch(self, prepared) -> list:
+        """[model thread, CUDA code path] Queue the image encoder on every image of a batch (``(B, 1024, 1024, 3)``
+        uint8 from :meth:`prepare`), in fixed chunks of ``encoder_batch``, before the boxes are known: returns the
+        feature list (device tensors, row ``i`` = image ``i``) for :meth:`decode_batch`. Nothing is read back."""
+        import torch
+
+        self.threads.apply()
+        with torch.inference_mode():
+            return self._encode_images(prepared, list(range(len(prepared))))
+
+    def decode_batch(
+        self, feats: list, image_hws: Sequence[tuple[int, int]], detections: Sequence[Detections]
+    ) -> list[SamOutput]:
+        """[model thread] Prompt encoder and mask decoder for the boxes of a batch whose images were all encoded by
+        :meth:`encode_batch`, then one device-to-host copy: one :class:`SamOutput` per image, as :meth:`infer`."""
+        import torch
+
+        todo, counts = self._check(image_hws, image_hws, detections)
+        if not todo:
+            return [SamOutput.empty() for _ in image_hws]
+        self.threads.apply()
+        with torch.inference_mode():
+            boxes, img_idx = self._boxes(image_hws, detections, todo, todo)
+            extra = self._extra_prompts(image_hws, detections, todo)
+            with self._autocast():
+                logits, scores = self._decode(feats, boxes, img_idx, [counts[i] for i in todo], extra, rows=todo)
+            return self._to_host(logits, scores, todo, counts, len(image_hws))
+
+    @staticmethod
+    def _to_host(logits, scores, todo: list[int], counts: list[int], n_images: int) -> list[SamOutput]:
+        """All boxes' logits and scores in ONE device-to-host copy, split per image on the host."""
+        import torch
+
+        n = logits.shape[0]
+        host = torch.cat([scores.reshape(n, 1).float(), logits.reshape(n, -1).float()], 1).cpu().numpy()
         lg_all = host[:, 1:].reshape(n, LOWRES_PX, LOWRES_PX)
+        out = [SamOutput.empty() for _ in range(n_images)]
         start = 0
         for i in todo:
             stop = start + counts[i]
@@ -281,13 +323,14 @@ class Segmenter:
         t = torch.from_numpy(np.ascontiguousarray(host_array)) if isinstance(host_array, np.ndarray) else host_array
         return t.to(self.device, non_blocking=True)
 
-    def _boxes(self, image_hws, detections, todo):
-        """All boxes of the ``todo`` images in the 1024 px frame ``(N, 4)`` and each box's image ``(N,)``, on the
-        device (uploaded without a host sync)."""
+    def _boxes(self, image_hws, detections, todo, rows=None):
+        """All boxes of the ``todo`` images in the 1024 px frame ``(N, 4)`` and each box's feature row ``(N,)``
+        (``rows[k]``: the row of image ``todo[k]``, default ``k``), on the device (uploaded without a host sync)."""
+        rows = range(len(todo)) if rows is None else rows
         boxes = np.concatenate(
             [detections[i].xyxy_px.astype(np.float32, copy=False) * input_gain(image_hws[i]) for i in todo]
         ).astype(np.float32, copy=False)
-        img_idx = np.repeat(np.arange(len(todo)), [len(detections[i]) for i in todo])
+        img_idx = np.repeat(np.asarray(list(rows), np.int64), [len(detections[i]) for i in todo])
         return self._upload(boxes), self._upload(img_idx.astype(np.int64))
 
     def _encode_images(self, prepared, todo: list[int]) -> list:
@@ -340,35 +383,41 @@ class Segmenter:
             feats = sam_ops.encode(self.model, self.family, sam_ops.normalise(chunk, self._mean, self._std))
         return [f[:n] for f in feats] if pad_to > n else feats
 
-    def _decode(self, feats: list, boxes, img_idx, counts: list[int], extra: ExtraPrompts | None = None):
-        """``(N, 256, 256)`` logits and ``(N,)`` scores of all boxes (box ``k`` of image ``img_idx[k]``)."""
+    def _decode(self, feats: list, boxes, img_idx, counts: list[int], extra: ExtraPrompts | None = None, rows=None):
+        """``(N, 256, 256)`` logits and ``(N,)`` scores of all boxes (box ``k`` of feature row ``img_idx[k]``).
+
+        ``counts``: boxes per image, in box order; ``rows``: each of those images' feature row (default ``0..``).
+        """
         import torch
 
+        rows = list(range(len(counts))) if rows is None else [int(r) for r in rows]
         if extra is not None:
-            return self._decode_groups(feats, boxes, counts, extra)
+            return self._decode_groups(feats, boxes, counts, extra, rows)
 
+        starts = np.concatenate([[0], np.cumsum(counts)]).astype(int).tolist()
         if self.family == "sam2" and self.batch_decoder:
             # An image's masks must not depend on which other images share its batch (a resumed run writes the
-            # bytes of an uninterrupted one): on CUDA every call has the fixed shape `step` (the last padded
-            # with copies of a box: also what CUDA graphs need); on CPU the calls never mix two images.
+            # bytes of an uninterrupted one): on CUDA every call has one of a few fixed sizes (decoder_spans: the
+            # last call padded with copies of a box; also what CUDA graphs need); on CPU calls never mix images.
             step = max(1, int(self.max_decoder_boxes))
-            n = boxes.shape[0]
+            box_rows = np.repeat(np.asarray(rows, np.int64), counts)  # host: each box's feature row
             if self._cuda:
-                spans = [(a, a + step) for a in range(0, n, step)]
-                pad = spans[-1][1] - n
-                if pad:
-                    boxes = torch.cat([boxes, boxes[-1:].expand(pad, -1)])
-                    img_idx = torch.cat([img_idx, img_idx[-1:].expand(pad)])
+                spans = decoder_spans(boxes.shape[0], step, self.decoder_buckets)
             else:
-                starts = np.concatenate([[0], np.cumsum(counts)]).tolist()
-                spans = [(a, min(a + step, b)) for a0, b in zip(starts[:-1], starts[1:]) for a in range(a0, b, step)]
-            parts = [sam_ops.decode_sam2(self.model, feats, boxes[a:b], img_idx[a:b]) for a, b in spans]
-            if self._cuda and pad:
-                parts[-1] = (parts[-1][0][: step - pad], parts[-1][1][: step - pad])
+                spans = [(a, min(a + step, b), min(a + step, b) - a)
+                         for a0, b in zip(starts[:-1], starts[1:]) for a in range(a0, b, step)]  # fmt: skip
+            parts = []
+            for a, b, size in spans:
+                bx, ix, pad = boxes[a:b], img_idx[a:b], size - (b - a)
+                if pad:
+                    bx = torch.cat([bx, bx[-1:].expand(pad, -1)])
+                    ix = torch.cat([ix, ix[-1:].expand(pad)])
+                one = int(box_rows[a]) if box_rows[a] == box_rows[b - 1] else None  # boxes are grouped by image
+                lg, sc = sam_ops.decode_sam2(self.model, feats, bx, ix, one_image=one)
+                parts.append((lg[: b - a], sc[: b - a]) if pad else (lg, sc))
         else:  # per image: SAM's decoder always repeats the image embedding; SAM 2 in compat mode
-            starts = np.concatenate([[0], np.cumsum(counts)]).tolist()
             parts = [
-                sam_ops.decode_one_image(self.model, self.family, feats, j, boxes[a:b])
+                sam_ops.decode_one_image(self.model, self.family, feats, rows[j], boxes[a:b])
                 for j, (a, b) in enumerate(zip(starts[:-1], starts[1:]))
             ]
         if len(parts) == 1:
@@ -411,7 +460,7 @@ class Segmenter:
         box_used = np.concatenate([d.boxes_used() for d in dets])
         return ExtraPrompts(self._upload(pts), self._upload(labels), masks, n_points, box_used, has_mask)
 
-    def _decode_groups(self, feats: list, boxes, counts: list[int], extra: ExtraPrompts):
+    def _decode_groups(self, feats: list, boxes, counts: list[int], extra: ExtraPrompts, rows: list[int]):
         """Decoder calls for point / mask prompts: per image, the objects that share a layout (box or not, number
         of points, mask or not) together, as Ultralytics decodes one image's prompts; the batched SAM 2 decoder
         (default) gathers features per prompt in calls of at most ``max_decoder_boxes``, compat mode and SAM /
@@ -424,7 +473,7 @@ class Segmenter:
         starts = np.concatenate([[0], np.cumsum(counts)]).astype(int).tolist()
         batched = self.family == "sam2" and self.batch_decoder
         step = max(1, int(self.max_decoder_boxes)) if batched else n
-        for j, (a, b) in enumerate(zip(starts[:-1], starts[1:])):
+        for j, (a, b) in zip(rows, zip(starts[:-1], starts[1:])):
             groups: dict[tuple, list[int]] = {}
             for q in range(a, b):
                 key = (int(extra.n_points[q]), bool(extra.box_used[q]), bool(extra.has_mask[q]))
@@ -440,7 +489,8 @@ class Segmenter:
                     )
                     if batched:
                         img = torch.full((len(sel),), j, dtype=torch.long, device=boxes.device)
-                        lg, sc = sam_ops.decode_embedded(self.model, self.family, feats, sparse, dense, img_idx=img)
+                        lg, sc = sam_ops.decode_embedded(self.model, self.family, feats, sparse, dense, img_idx=img,
+                                                          one_image=j)
                     else:
                         lg, sc = sam_ops.decode_embedded(self.model, self.family, feats, sparse, dense, j=j)
                     if logits is None:
@@ -473,6 +523,24 @@ class ExtraPrompts:
         m = self.masks[a:b] if self.masks is not None else None
         return ExtraPrompts(self.points[a:b], self.labels[a:b], m, self.n_points[a:b], self.box_used[a:b],
                             self.has_mask[a:b])  # fmt: skip
+
+
+def decoder_spans(n: int, largest: int, buckets: Sequence[int] = ()) -> list[tuple[int, int, int]]:
+    """Fixed-size decoder calls for ``n`` boxes: ``(start, stop, size)`` per call, ``size`` the smallest of
+    ``buckets`` (and ``largest``) that holds ``stop - start`` boxes; calls of ``largest`` boxes while more remain.
+
+    Example:
+        >>> decoder_spans(300, 256, (32, 64, 128, 256))
+        [(0, 256, 256), (256, 300, 64)]
+        >>> decoder_spans(31, 256, (32, 64, 128, 256)), decoder_spans(33, 256, (32, 64, 128, 256))
+        ([(0, 31, 32)], [(0, 33, 64)])
+    """
+    sizes = sorted({int(b) for b in buckets if 0 < int(b) < largest} | {int(largest)})
+    spans = []
+    for a in range(0, n, largest):
+        m = min(largest, n - a)
+        spans.append((a, a + m, next(s for s in sizes if s >= m)))
+    return spans
 
 
 def usable_cores() -> int:

@@ -6,6 +6,9 @@ many*; this module decides *what*. Per image and per batch::
     CPU pool:     decode_or_error -> Stages.prepare       (letterbox for the detector and for SAM)
     CPU:          Stages.collate                           (one batch, SAM inputs stacked in pinned memory)
     model thread: Stages.infer                             (detector + SAM encoder/decoder; one copy to host)
+                  CUDA code path (annotator.code_path):     detector launched -> SAM encoder queued -> the
+                                                           detector's one copy, NMS on the host -> decoder ->
+                                                           SAM's one copy: <= 2 host syncs per batch
     CPU pool:     Stages.finish                            (mask upsampling, polygons)
 
 Per-image failures become :class:`~annotator.records.ImageResult` statuses, never exceptions: a batch
@@ -25,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from annotator.code_path import cuda_code_path
 from annotator.config import AnnotateConfig
 from annotator.detect import Detector
 from annotator.models import ResolvedModels
@@ -64,6 +68,7 @@ class Stages:
     polygonizer: Polygonizer
     det_batch: int = 1
     pin_memory: bool = False
+    cuda_path: bool = False  # the CUDA code path's order and copies (annotator.code_path; on a GPU, or forced)
     _cpu_steps: CpuSteps | None = field(default=None, repr=False)
 
     @classmethod
@@ -117,7 +122,8 @@ class Stages:
                 if stage is not None and hasattr(stage, "threads"):
                     stage.threads.n = cfg.torch_threads
         on_cpu = str(cfg.device).strip().lower() == "cpu" or not _cuda_available()
-        if segmenter is not None and not on_cpu:
+        cuda_path = cuda_code_path(cfg.device)  # on a CPU too with ANNOTATOR_CUDA_CODE_PATH=1 (no pinned memory)
+        if segmenter is not None and cuda_path:
             segmenter.encoder_batch = cfg.batch_size  # fixed encoder shapes: compiled graphs apply
         if segmenter is not None and cfg.compile:
             segmenter.compile_encoder()
@@ -125,8 +131,9 @@ class Stages:
             detector,  # type: ignore[arg-type]
             segmenter,  # type: ignore[arg-type]
             cls.build_polygonizer(cfg),
-            det_batch=1 if on_cpu else cfg.batch_size,
+            det_batch=cfg.batch_size if cuda_path else 1,
             pin_memory=not on_cpu and str(cfg.device).strip().lower() != "mps",
+            cuda_path=cuda_path,
         )
 
     @staticmethod
@@ -220,6 +227,8 @@ class Stages:
                 InferredImage(p.item, p.image_hw, d, o, seconds={**p.seconds, **secs})
                 for p, d, o in zip(prepared, dets, outs)
             ]
+        if self.cuda_path:
+            return self._models_cuda_order(prepared, sam_inputs)
         if all(p.detections is not None for p in prepared):
             dets = [p.detections for p in prepared]  # detected by a separate step (Ray split mode)
             kept = [p.kept for p in prepared]
@@ -234,6 +243,63 @@ class Stages:
             InferredImage(p.item, p.image_hw, d, o, k, seconds={**p.seconds, "detect": (t1 - t0) / n, "segment": (t2 - t1) / n})
             for p, d, o, k in zip(prepared, dets, outs, kept)
         ]
+
+    def _models_cuda_order(self, prepared: Sequence[PreparedImage], sam_inputs) -> list[InferredImage]:
+        """The CUDA code path's order: detector launched, SAM encoder queued on every image, then the detector's
+        results read back (ONE device-to-host copy for the batch, NMS on the host while the GPU encodes), then
+        prompt encoder + decoder and SAM's one copy: at most 2 host syncs per batch (``benchmarks/syncs.py``)."""
+        n = len(prepared)
+        hws = [p.image_hw for p in prepared]
+        if sam_inputs is None:
+            sam_inputs = np.stack([p.sam_input for p in prepared])
+        t0 = time.perf_counter()
+        launched = None
+        if all(p.detections is not None for p in prepared):
+            dets, kept = [p.detections for p in prepared], [p.kept for p in prepared]  # Ray split mode
+        elif isinstance(self.detector, Detector) and self.detector.batched_nms:
+            launched = self._launch(prepared)
+        else:  # label files (prompts: boxes / points: host data), or a detector whose NMS is Ultralytics'
+            dets, kept = self._prompts(prepared)
+        t1 = time.perf_counter()
+        feats = self.segmenter.encode_batch(sam_inputs)  # queued before any host work on the detector's output
+        t2 = time.perf_counter()
+        if launched is not None:
+            dets, kept = self._collect(*launched), [()] * n
+        t3 = time.perf_counter()
+        outs = self.segmenter.decode_batch(feats, hws, dets)
+        t4 = time.perf_counter()
+        secs = {"detect": (t1 - t0 + t3 - t2) / n, "segment": (t2 - t1 + t4 - t3) / n}
+        return [
+            InferredImage(p.item, p.image_hw, d, o, k, seconds={**p.seconds, **secs})
+            for p, d, o, k in zip(prepared, dets, outs, kept)
+        ]
+
+    def _detector_batches(self, prepared: Sequence[PreparedImage]) -> list[list[int]]:
+        """Indices of ``prepared`` per detector call: images that letterbox to the same input shape together
+        (whatever their original sizes), at most ``det_batch`` per call."""
+        by_shape: dict[tuple, list[int]] = {}
+        for i, p in enumerate(prepared):
+            by_shape.setdefault(tuple(np.shape(p.det_input)), []).append(i)
+        step = self.det_batch
+        return [idxs[k : k + step] for idxs in by_shape.values() for k in range(0, len(idxs), step)]
+
+    def _launch(self, prepared: Sequence[PreparedImage]):
+        """Queue the detector calls of a batch (each exactly ``det_batch`` images, the last padded with copies)."""
+        chunks = self._detector_batches(prepared)
+        launches = []
+        for chunk in chunks:
+            pad = self.det_batch - len(chunk)
+            batch = np.stack([prepared[i].det_input for i in chunk + chunk[-1:] * pad])
+            launches.append(self.detector.launch(batch, [prepared[i].image_hw for i in chunk + chunk[-1:] * pad]))
+        return chunks, launches, len(prepared)
+
+    def _collect(self, chunks: list[list[int]], launches: list, n: int) -> list[Detections]:
+        """The queued detector calls' results in one copy (:meth:`Detector.collect`), in input order."""
+        out: list = [None] * n
+        for chunk, dets in zip(chunks, self.detector.collect(launches)):
+            for i, d in zip(chunk, dets):
+                out[i] = d
+        return out
 
     def _prompts(self, prepared: Sequence[PreparedImage]) -> tuple[list[Detections], list[tuple]]:
         """Each image's box prompts, and the polygons kept as they are (``prompts: boxes``; none from a detector)."""
@@ -269,7 +335,8 @@ class Stages:
         ]
 
     def detect(self, prepared: Sequence[PreparedImage]) -> list[Detections]:
-        """Detector calls of exactly ``det_batch`` same-shape images each (the last padded with copies).
+        """Detector calls of exactly ``det_batch`` images each that letterbox to one shape (the last padded with
+        copies), one call per group (:meth:`_detector_batches`).
 
         Batched convolutions round differently for different batch sizes (YOLO confidences moved in the 7th
         digit on CPU), so an image must be computed in the same batch shape whatever else is processed with
@@ -277,17 +344,12 @@ class Stages:
         On CPU ``det_batch`` is 1, as in Ultralytics' own loop.
         """
         out: list = [None] * len(prepared)
-        by_shape: dict[tuple, list[int]] = {}
-        for i, p in enumerate(prepared):
-            by_shape.setdefault(p.image_hw, []).append(i)
-        for idxs in by_shape.values():
-            for k in range(0, len(idxs), self.det_batch):
-                chunk = idxs[k : k + self.det_batch]
-                batch = [prepared[i].det_input for i in chunk]
-                hws = [prepared[i].image_hw for i in chunk]
-                pad = self.det_batch - len(batch)
-                for i, d in zip(chunk, self.detector.infer(batch + batch[-1:] * pad, hws + hws[-1:] * pad)):
-                    out[i] = d
+        for chunk in self._detector_batches(prepared):
+            batch = [prepared[i].det_input for i in chunk]
+            hws = [prepared[i].image_hw for i in chunk]
+            pad = self.det_batch - len(batch)
+            for i, d in zip(chunk, self.detector.infer(batch + batch[-1:] * pad, hws + hws[-1:] * pad)):
+                out[i] = d
         return out
 
 
