@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import time
 from collections import defaultdict
@@ -52,6 +53,9 @@ from annotator.formats.yolo import (
 from annotator.io_atomic import atomic_symlink, atomic_write_text, ensure_real_dir, is_own_temp_name, remove_file
 from annotator.ledger import FileStat, instances_from_json
 from annotator.records import ImageResult, ImageStatus, SourceItem
+from annotator.splits import SPLITS, split_of
+
+_log = logging.getLogger(__name__)
 
 _PROCESSED = (ImageStatus.OK.value, ImageStatus.EMPTY.value)
 LIST_FILENAME = "labelled_images.list"
@@ -243,18 +247,55 @@ class DatasetWriter:
                 yield it, r
 
     def _write_data_yaml(self, labelled: list[SourceItem]) -> None:
+        """``data.yaml`` + the image lists: ``labelled_images.list`` (all) and ``train``/``val``/``test.list``
+        (:mod:`annotator.splits`). Sibling layout: absolute paths (the images lie outside the output folder);
+        dataset layout: ``./images/...`` (Ultralytics reads ``./`` relative to the list: the folder can move)."""
         names = self._dense_names()
         # no 'path:' key: Ultralytics then resolves train/val against data.yaml's own folder (a relative 'path'
         # would be taken relative to its datasets_dir), so the yaml keeps working when the folder moves
-        if self.links is None:  # sibling layout: X/images + X/labels
-            listing = "".join(f"{(self.cfg.data / it.rel_path).absolute()}\n" for it in labelled)
-            listing += "".join(f"{f.image_path}\n" for f in self._video_frames())  # frames under video_frames/
-            atomic_write_text(self.out / LIST_FILENAME, listing, root=self.out)
-            text = data_yaml_text(names, train=LIST_FILENAME, val=LIST_FILENAME)
-        else:
+        sibling = self.links is None
+        if not sibling:
             ensure_real_dir(self.links, self.out)  # an empty images/ still makes a valid (empty) dataset
-            text = data_yaml_text(names, train="images", val="images")
+        entries: list[tuple[str, str]] = []  # (line, split)
+        for it in labelled:
+            if sibling:
+                line = str((self.cfg.data / it.rel_path).absolute())
+            else:
+                line = "./" + Path(os.path.relpath(self.link_path(it.rel_path), self.out)).as_posix()
+            entries.append((line, split_of(it.rel_path, self.cfg.split)))
+        for f in self._video_frames():  # a video's frames all take the video's split
+            line = str(f.image_path) if sibling else "./" + Path(os.path.relpath(f.image_path, self.out)).as_posix()
+            entries.append((line, split_of(f.video, self.cfg.split)))
+        atomic_write_text(self.out / LIST_FILENAME, "".join(f"{line}\n" for line, _ in entries), root=self.out)
+        by_split = {k: [line for line, sp in entries if sp == k] for k in SPLITS}
+        written: list[str] = []
+        if by_split["train"] and (by_split["val"] or by_split["test"]):
+            for k in SPLITS:
+                if by_split[k]:
+                    atomic_write_text(self.out / f"{k}.list", "".join(f"{line}\n" for line in by_split[k]), root=self.out)
+                    written.append(k)
+            if not by_split["val"] and self.cfg.split.val > 0:
+                _log.warning("split: no image is hashed into val (%d labelled): val is the training images", len(entries))
+            text = data_yaml_text(
+                names, train="train.list", val="val.list" if by_split["val"] else "train.list",
+                test="test.list" if by_split["test"] else None,
+            )  # fmt: skip
+        else:  # no split in effect (val 0, or too few images to split): validate on the training images, as before
+            if entries and (self.cfg.split.val > 0 or self.cfg.split.test > 0):
+                _log.warning("split: %d labelled image(s) give no train/val split: val is the training images", len(entries))
+            listed = LIST_FILENAME if sibling else "images"
+            text = data_yaml_text(names, train=listed, val=listed)
+        self._remove_stale_split_lists(written)
         atomic_write_text(self.out / "data.yaml", text, root=self.out)
+
+    def _remove_stale_split_lists(self, written: list[str]) -> None:
+        """Remove the ``<split>.list`` files an earlier run wrote that this run does not (ledger meta ``split_lists``)."""
+        before = json.loads(self.ledger.meta("split_lists") or "[]")
+        for k in before:
+            if k in SPLITS and k not in written:
+                remove_file(self.out / f"{k}.list")
+        if before != written:
+            self.ledger.set_meta("split_lists", json.dumps(written))
 
     def _write_scores(self, done) -> None:
         """``scores.csv``: one line per YOLO label row, the same order (``save_conf``)."""
