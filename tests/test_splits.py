@@ -197,7 +197,7 @@ def test_a_pre_split_tree_keeps_its_split(tmp_path, random_yolo_ckpt, sam2_t_ckp
     assert len(files) == len(rels) and results["missing"] == 0
 
 
-def test_a_videos_frames_stay_together(tmp_path, shapes_detector, sam2_t_ckpt):
+def test_a_videos_frames_stay_together(tmp_path, random_yolo_ckpt, sam2_t_ckpt):
     """clips/a.avi hashes to train and clips/b.mp4 to val (val 0.5): every frame of each is in its video's list."""
     from annotator.synthetic_video import CountingDetector, write_shapes_video
     from tests.test_video_pipeline import ByShapeTracker, factory_of
@@ -208,7 +208,7 @@ def test_a_videos_frames_stay_together(tmp_path, shapes_detector, sam2_t_ckpt):
     b = write_shapes_video(data / "clips" / "b.mp4", n_frames=6, image_hw=(72, 80))
     s = SplitSettings(val=0.5)
     assert (split_of("clips/a.avi", s), split_of("clips/b.mp4", s)) == ("train", "val")
-    cfg = cfg_for(data, tmp_path / "out", shapes_detector, sam2_t_ckpt, sam_min_score=0.0, split={"val": 0.5})
+    cfg = cfg_for(data, tmp_path / "out", random_yolo_ckpt, sam2_t_ckpt, sam_min_score=0.0, split={"val": 0.5})
     summary = run(cfg, engine_options={"video_tracker_factory": factory_of(ByShapeTracker([a, b])),
                                        "video_detector": CountingDetector()})  # fmt: skip
     assert {v["rel_path"]: v["status"] for v in summary.videos} == {"clips/a.avi": "ok", "clips/b.mp4": "ok"}
