@@ -106,7 +106,7 @@ def test_one_training_epoch_on_the_sample_job_output(tmp_path, shapes_detector, 
     assert trainer is not None and trainer.epoch == 0
     # the default split (val 0.1) puts the sample's 0001.jpg in val: training validates on an image it never saw
     train_files, val_files = trainer.train_loader.dataset.im_files, trainer.test_loader.dataset.im_files
-    assert val_files == [str(REPO / "sample_data" / "shapes" / "images" / "0001.jpg")]
+    assert val_files == [str(tmp_path / "sample" / "images" / "0001.jpg")]  # the link to sample_data's image
     assert len(train_files) + len(val_files) == s.annotated + s.empty and not set(train_files) & set(val_files)
     assert sum(len(lb["segments"]) for d in (trainer.train_loader.dataset, trainer.test_loader.dataset)
                for lb in d.labels) == s.instances  # fmt: skip
