@@ -7,17 +7,24 @@ Two layouts, chosen by :class:`~annotator.config.AnnotateConfig` (``is_sibling_l
   by path. Every other file written there has a name no label file can take (no ``.txt``)::
 
       X/labels/<rel_dir>/<stem>.txt   one label file per labelled image (empty when no instance)
-      X/labels/data.yaml              train/val: labelled_images.list (no ``path``: relative to the yaml)
+      X/labels/data.yaml              train: train.list, val: val.list (test: test.list) (no ``path``:
+                                      relative to the yaml)
       X/labels/labelled_images.list   absolute paths of the images that have a label file (only those train:
                                       an image that failed, or whose label file two images would share, is
                                       left out instead of being read as background)
+      X/labels/{train,val,test}.list  the same paths by split (:mod:`annotator.splits`)
 
 * **dataset** -- anything else (another output folder, a ``.txt`` list, one image): ``output_dir`` becomes a
   dataset root, with links to the labelled inputs::
 
       O/labels/<rel_dir>/<stem>.txt   label files
       O/images/<rel_path>             symbolic links (relative) to the labelled input images, only those
-      O/data.yaml                     train/val: images (no ``path``: relative to the yaml)
+      O/data.yaml                     train: train.list, val: val.list (test: test.list)
+      O/labelled_images.list          ``./images/<rel_path>`` of every labelled image (relative to the list)
+      O/{train,val,test}.list         the same by split (:mod:`annotator.splits`)
+
+When no split is in effect (``split: {val: 0}``, or too few images for a train and a val image) ``data.yaml``
+is ``train``/``val``: ``labelled_images.list`` (sibling) or ``images`` (dataset), and no split list is written.
 
 Both layouts also hold ``annotations.json`` (COCO, ``format`` coco/both; ``file_name`` relative to the input
 root = to ``images/``), ``scores.csv`` (``save_conf``: detector confidence and SAM score of every label row;

@@ -6,7 +6,6 @@ own loader reads every split, non-empty, in both output layouts.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import cv2
@@ -81,9 +80,21 @@ def test_cli_flags_fill_the_split_section(tmp_path):
     cfg = make_config(**_settings(ns))
     assert cfg.split == SplitSettings(val=0.2, test=0.05)
     assert make_config(data=tmp_path / "images").split == SplitSettings(val=0.1, test=0.0)  # the default
-    with pytest.raises(SystemExit):  # not a number: argparse's one line, exit 2
+    with pytest.raises(SystemExit) as e:  # not a number: argparse's one line, exit 2
         build_parser().parse_args(["annotate", str(tmp_path / "images"), "--val-fraction", "nan"])
-    assert isinstance(ns, argparse.Namespace)
+    assert e.value.code == 2
+
+
+def test_cli_refuses_a_fraction_of_one_in_one_line(tmp_path):
+    """The real command: refused at the boundary, before any model is looked up."""
+    import subprocess
+    import sys
+
+    (tmp_path / "images").mkdir()
+    p = subprocess.run([sys.executable, "-m", "annotator", "annotate", str(tmp_path / "images"), "--val-fraction", "1",
+                        "--det-model", "none.pt"], capture_output=True, text=True, cwd=tmp_path, timeout=120)  # fmt: skip
+    assert p.returncode == 2 and "split.val" in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert not (tmp_path / "labels").exists()
 
 
 # -- written datasets -----------------------------------------------------------------------------------------
