@@ -273,30 +273,34 @@ class DatasetWriter:
         for f in self._video_frames():  # a video's frames all take the video's split
             line = str(f.image_path) if sibling else "./" + Path(os.path.relpath(f.image_path, self.out)).as_posix()
             entries.append((line, split_of(f.video, self.cfg.split)))
-        atomic_write_text(self.out / LIST_FILENAME, "".join(f"{line}\n" for line, _ in entries), root=self.out)
+        self._write_list(LIST_FILENAME, [line for line, _ in entries])
         by_split = {k: [line for line, sp in entries if sp == k] for k in SPLITS}
         written: list[str] = []
         if by_split["train"] and (by_split["val"] or by_split["test"]):
             for k in SPLITS:
                 if by_split[k]:
-                    atomic_write_text(self.out / f"{k}.list", "".join(f"{line}\n" for line in by_split[k]), root=self.out)
+                    self._write_list(f"{k}.list", by_split[k])
                     written.append(k)
             if not by_split["val"] and self.cfg.split.val > 0:
-                _log.warning("split: no image is hashed into val (%d labelled): val is the training images", len(entries))
+                _log.warning("split: no image hashed into val (%d labelled): val is the training images", len(entries))
             text = data_yaml_text(
                 names, train="train.list", val="val.list" if by_split["val"] else "train.list",
                 test="test.list" if by_split["test"] else None,
             )  # fmt: skip
         else:  # no split in effect (val 0, or too few images to split): validate on the training images, as before
             if entries and (self.cfg.split.val > 0 or self.cfg.split.test > 0):
-                _log.warning("split: %d labelled image(s) give no train/val split: val is the training images", len(entries))
+                _log.warning("split: %d labelled image(s), no train/val split: val is the training images", len(entries))
             listed = LIST_FILENAME if sibling else "images"
             text = data_yaml_text(names, train=listed, val=listed)
         self._remove_stale_split_lists(written)
         atomic_write_text(self.out / "data.yaml", text, root=self.out)
 
+    def _write_list(self, name: str, lines: list[str]) -> None:
+        """One image list (one path a line, as Ultralytics reads a ``.txt`` split) in the output folder."""
+        atomic_write_text(self.out / name, "".join(f"{line}\n" for line in lines), root=self.out)
+
     def _remove_stale_split_lists(self, written: list[str]) -> None:
-        """Remove the ``<split>.list`` files an earlier run wrote that this run does not (ledger meta ``split_lists``)."""
+        """Remove the ``<split>.list`` files an earlier run wrote and this one does not (ledger meta ``split_lists``)."""
         before = json.loads(self.ledger.meta("split_lists") or "[]")
         for k in before:
             if k in SPLITS and k not in written:
