@@ -314,6 +314,8 @@ def _print_summary(s) -> None:
     print(f"output: {s.output_dir}")
     if s.data_yaml:
         print(f"  YOLO labels: {s.labels_dir}  (data.yaml: {s.data_yaml})")
+        splits = getattr(s, "splits", None)
+        print("  splits:      " + (", ".join(f"{k} {n}" for k, n in splits.items()) if splits else "none (val = train)"))
     if s.coco_json:
         print(f"  COCO JSON:   {s.coco_json}")
     for p in s.exports:

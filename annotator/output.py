@@ -145,6 +145,7 @@ class DatasetWriter:
         ensure_real_dir(self.out)
         self.collisions = label_collisions(plan.all_items) if cfg.writes_yolo else set()
         self.seconds = 0.0
+        self.split_counts: dict[str, int] = {}  # split -> images data.yaml lists in it (set by close())
 
     @property
     def coco_path(self) -> Path | None:
@@ -292,6 +293,7 @@ class DatasetWriter:
                 _log.warning("split: %d labelled image(s), no train/val split: val is the training images", len(entries))
             listed = LIST_FILENAME if sibling else "images"
             text = data_yaml_text(names, train=listed, val=listed)
+        self.split_counts = {k: len(by_split[k]) for k in written}
         self._remove_stale_split_lists(written)
         atomic_write_text(self.out / "data.yaml", text, root=self.out)
 

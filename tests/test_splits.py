@@ -143,6 +143,7 @@ def test_lists_are_stable_as_the_folder_grows_and_every_split_loads(layout, tmp_
     assert sorted(where1) == sorted(NAMES[:8])  # every labelled image in exactly one split
     assert where1 == {rel: split_of(rel, SplitSettings(val=0.25, test=0.15)) for rel in NAMES[:8]}
     assert all(lists1[k] for k in SPLITS)  # these 8 names fill every split
+    assert s1.splits == {k: len(lists1[k]) for k in SPLITS}  # the summary (and run_report.json) count them
     if layout == "dataset":  # relative entries: the dataset folder can move
         assert all(line.startswith("./images/") for lines in lists1.values() for line in lines)
     else:
@@ -176,7 +177,7 @@ def test_a_new_fraction_rebuilds_the_lists_without_running_a_model(tmp_path, ran
     # val 0: as before the setting existed: the dataset validates on its training images, no split list
     doc = yaml.safe_load(s1.data_yaml.read_text())
     assert doc["train"] == doc["val"] == "images" and "test" not in doc
-    assert not any((out / f"{k}.list").exists() for k in SPLITS)
+    assert not any((out / f"{k}.list").exists() for k in SPLITS) and s1.splits == {}
     labels_before = {p: p.read_bytes() for p in (out / "labels").rglob("*.txt")}
     mtimes = {p: p.stat().st_mtime_ns for p in labels_before}
 
