@@ -54,7 +54,7 @@ def auto_annotate(
         output_dir: default: ``labels/`` beside an ``images/`` folder (labels go straight in it), else
             ``<data>_auto_annotate_labels``, made a dataset root: ``labels/``, ``images/`` (links), ``data.yaml``.
         format: ``"yolo"``, ``"coco"`` or ``"both"``.
-        **options: any other field of :class:`annotator.config.AnnotateConfig` (``save_conf``, ``multipart``,
+        **options: any other field of :class:`annotator.config.AnnotateConfig` (``save_conf``, ``multipart``, ``split``,
             ``coco_segmentation``, ``simplify_tolerance_px``, ``weights_dir``, ``engine``, ``batch_size``...).
 
     Returns:
@@ -277,6 +277,7 @@ def _output_paths(cfg: AnnotateConfig, summary: RunSummary, writer) -> None:
     summary.scores_csv = writer.scores_path
     summary.data_yaml = writer.data_yaml_path
     summary.coco_json = writer.coco_path
+    summary.splits = dict(writer.split_counts)
 
 
 def _progress(total: int):

@@ -151,6 +151,10 @@ def _add_annotate_args(p: argparse.ArgumentParser) -> None:
     o.add_argument("--export", dest="exports", nargs="+", choices=["labelstudio", "cvat", "page"], default=S,
                    help="also write review files into OUTPUT_DIR/review/ (annotator export / review do it later)")
     o.add_argument("--review-image-root", dest="review_image_root", default=S, help="Label Studio: URL prefix of the images")
+    o.add_argument("--val-fraction", dest="split.val", type=finite_float, default=S,
+                   help="fraction of the images hashed into data.yaml's val split (default 0.1; 0: val = train)")  # fmt: skip
+    o.add_argument("--test-fraction", dest="split.test", type=finite_float, default=S,
+                   help="fraction hashed into a test split (default 0)")  # fmt: skip
     o.add_argument("--compat", choices=["none", "ultralytics"], default=S, help="ultralytics: polygons exactly as masks.xyn")
     r = p.add_argument_group("run")
     r.add_argument("--engine", choices=["local", "ray"], default=S, help="local (default) or ray")
@@ -310,6 +314,8 @@ def _print_summary(s) -> None:
     print(f"output: {s.output_dir}")
     if s.data_yaml:
         print(f"  YOLO labels: {s.labels_dir}  (data.yaml: {s.data_yaml})")
+        splits = getattr(s, "splits", None)
+        print("  splits:      " + (", ".join(f"{k} {n}" for k, n in splits.items()) if splits else "none (val = train)"))
     if s.coco_json:
         print(f"  COCO JSON:   {s.coco_json}")
     for p in s.exports:

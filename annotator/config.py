@@ -26,6 +26,7 @@ from annotator.engine_settings import RaySettings
 from annotator.everything import EverythingSettings
 from annotator.errors import ConfigError
 from annotator.path_guard import UnsafePathError, absolute_path, check_annotate_paths
+from annotator.splits import SplitSettings
 
 Format = Literal["yolo", "coco", "both"]
 
@@ -106,6 +107,12 @@ class AnnotateConfig(BaseModel):
         False,
         description="label files go straight into output_dir (with data.yaml and a list of the labelled images), as "
         "Ultralytics' yolo_bbox2segment writes them, instead of output_dir/labels/ + images/ links",
+    )
+
+    split: SplitSettings = Field(
+        default_factory=SplitSettings,
+        description="data.yaml's splits: {val: 0.1, test: 0.0}, fractions hashed from each image's path (a video's "
+        "frames together; train/ val/ test/ folders keep their split); val 0: validate on the training images",
     )
 
     exports: list[Literal["labelstudio", "cvat", "page"]] = Field(
@@ -444,7 +451,7 @@ def _unknown_hint(loc: tuple) -> str:
     name = str(loc[-1])
     if len(loc) == 1 and name.startswith("ray_") and name[4:] in RaySettings.model_fields:
         return f" (Ray settings are one section now: ray: {{{name[4:]}: ...}})"
-    sections = {"ray": RaySettings, "everything": EverythingSettings}
+    sections = {"ray": RaySettings, "everything": EverythingSettings, "split": SplitSettings}
     fields = list(((sections.get(str(loc[0])) if len(loc) > 1 else None) or AnnotateConfig).model_fields)
     close = difflib.get_close_matches(name, fields, n=1)
     return f" (did you mean {close[0]!r}?)" if close else f" (allowed: {', '.join(fields)})"

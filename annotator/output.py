@@ -7,17 +7,24 @@ Two layouts, chosen by :class:`~annotator.config.AnnotateConfig` (``is_sibling_l
   by path. Every other file written there has a name no label file can take (no ``.txt``)::
 
       X/labels/<rel_dir>/<stem>.txt   one label file per labelled image (empty when no instance)
-      X/labels/data.yaml              train/val: labelled_images.list (no ``path``: relative to the yaml)
+      X/labels/data.yaml              train: train.list, val: val.list (test: test.list) (no ``path``:
+                                      relative to the yaml)
       X/labels/labelled_images.list   absolute paths of the images that have a label file (only those train:
                                       an image that failed, or whose label file two images would share, is
                                       left out instead of being read as background)
+      X/labels/{train,val,test}.list  the same paths by split (:mod:`annotator.splits`)
 
 * **dataset** -- anything else (another output folder, a ``.txt`` list, one image): ``output_dir`` becomes a
   dataset root, with links to the labelled inputs::
 
       O/labels/<rel_dir>/<stem>.txt   label files
       O/images/<rel_path>             symbolic links (relative) to the labelled input images, only those
-      O/data.yaml                     train/val: images (no ``path``: relative to the yaml)
+      O/data.yaml                     train: train.list, val: val.list (test: test.list)
+      O/labelled_images.list          ``./images/<rel_path>`` of every labelled image (relative to the list)
+      O/{train,val,test}.list         the same by split (:mod:`annotator.splits`)
+
+When no split is in effect (``split: {val: 0}``, or too few images for a train and a val image) ``data.yaml``
+is ``train``/``val``: ``labelled_images.list`` (sibling) or ``images`` (dataset), and no split list is written.
 
 Both layouts also hold ``annotations.json`` (COCO, ``format`` coco/both; ``file_name`` relative to the input
 root = to ``images/``), ``scores.csv`` (``save_conf``: detector confidence and SAM score of every label row;
@@ -33,6 +40,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import time
 from collections import defaultdict
@@ -53,6 +61,9 @@ from annotator.io_atomic import atomic_symlink, atomic_write_text, ensure_real_d
 from annotator.ledger import FileStat, instances_from_json
 from annotator.path_guard import write_allowed
 from annotator.records import ImageResult, ImageStatus, SourceItem
+from annotator.splits import SPLITS, split_of
+
+_log = logging.getLogger(__name__)
 
 _PROCESSED = (ImageStatus.OK.value, ImageStatus.EMPTY.value)
 LIST_FILENAME = "labelled_images.list"
@@ -135,6 +146,7 @@ class DatasetWriter:
         ensure_real_dir(self.out)
         self.collisions = label_collisions(plan.all_items) if cfg.writes_yolo else set()
         self.seconds = 0.0
+        self.split_counts: dict[str, int] = {}  # split -> images data.yaml lists in it (set by close())
 
     @property
     def coco_path(self) -> Path | None:
@@ -244,18 +256,60 @@ class DatasetWriter:
                 yield it, r
 
     def _write_data_yaml(self, labelled: list[SourceItem]) -> None:
+        """``data.yaml`` + the image lists: ``labelled_images.list`` (all) and ``train``/``val``/``test.list``
+        (:mod:`annotator.splits`). Sibling layout: absolute paths (the images lie outside the output folder);
+        dataset layout: ``./images/...`` (Ultralytics reads ``./`` relative to the list: the folder can move)."""
         names = self._dense_names()
         # no 'path:' key: Ultralytics then resolves train/val against data.yaml's own folder (a relative 'path'
         # would be taken relative to its datasets_dir), so the yaml keeps working when the folder moves
-        if self.links is None:  # sibling layout: X/images + X/labels
-            listing = "".join(f"{(self.cfg.data / it.rel_path).absolute()}\n" for it in labelled)
-            listing += "".join(f"{f.image_path}\n" for f in self._video_frames())  # frames under video_frames/
-            atomic_write_text(self.out / LIST_FILENAME, listing, root=self.out)
-            text = data_yaml_text(names, train=LIST_FILENAME, val=LIST_FILENAME)
-        else:
+        sibling = self.links is None
+        if not sibling:
             ensure_real_dir(self.links, self.out)  # an empty images/ still makes a valid (empty) dataset
-            text = data_yaml_text(names, train="images", val="images")
+        entries: list[tuple[str, str]] = []  # (line, split)
+        for it in labelled:
+            if sibling:
+                line = str((self.cfg.data / it.rel_path).absolute())
+            else:
+                line = "./" + Path(os.path.relpath(self.link_path(it.rel_path), self.out)).as_posix()
+            entries.append((line, split_of(it.rel_path, self.cfg.split)))
+        for f in self._video_frames():  # a video's frames all take the video's split
+            line = str(f.image_path) if sibling else "./" + Path(os.path.relpath(f.image_path, self.out)).as_posix()
+            entries.append((line, split_of(f.video, self.cfg.split)))
+        self._write_list(LIST_FILENAME, [line for line, _ in entries])
+        by_split = {k: [line for line, sp in entries if sp == k] for k in SPLITS}
+        written: list[str] = []
+        if by_split["train"] and (by_split["val"] or by_split["test"]):
+            for k in SPLITS:
+                if by_split[k]:
+                    self._write_list(f"{k}.list", by_split[k])
+                    written.append(k)
+            if not by_split["val"] and self.cfg.split.val > 0:
+                _log.warning("split: no image hashed into val (%d labelled): val is the training images", len(entries))
+            text = data_yaml_text(
+                names, train="train.list", val="val.list" if by_split["val"] else "train.list",
+                test="test.list" if by_split["test"] else None,
+            )  # fmt: skip
+        else:  # no split in effect (val 0, or too few images to split): validate on the training images, as before
+            if entries and (self.cfg.split.val > 0 or self.cfg.split.test > 0):
+                _log.warning("split: %d labelled image(s), no train/val split: val is the training images", len(entries))
+            listed = LIST_FILENAME if sibling else "images"
+            text = data_yaml_text(names, train=listed, val=listed)
+        self.split_counts = {k: len(by_split[k]) for k in written}
+        self._remove_stale_split_lists(written)
         atomic_write_text(self.out / "data.yaml", text, root=self.out)
+
+    def _write_list(self, name: str, lines: list[str]) -> None:
+        """One image list (one path a line, as Ultralytics reads a ``.txt`` split) in the output folder."""
+        atomic_write_text(self.out / name, "".join(f"{line}\n" for line in lines), root=self.out)
+
+    def _remove_stale_split_lists(self, written: list[str]) -> None:
+        """Remove the ``<split>.list`` files an earlier run wrote and this one does not (ledger meta ``split_lists``)."""
+        before = json.loads(self.ledger.meta("split_lists") or "[]")
+        for k in before:
+            if k in SPLITS and k not in written:
+                remove_file(self.out / f"{k}.list")
+        if before != written:
+            self.ledger.set_meta("split_lists", json.dumps(written))
 
     def _write_scores(self, done) -> None:
         """``scores.csv``: one line per YOLO label row, the same order (``save_conf``)."""

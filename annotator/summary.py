@@ -40,6 +40,8 @@ class RunSummary:
         dropped: detections that did not become a label row, by reason (:data:`annotator.records.DROP_REASONS`),
             summed over this run's images and videos, e.g. ``{"below_min_area_px": 3}`` (only non-zero counts);
             ``images_with_drops``: images (and video frames' videos) of this run with at least one.
+        splits: labelled images (video frames included) per split as ``data.yaml`` lists them, e.g. ``{"train": 90,
+            "val": 10}``; empty when no split is in effect (``split: {val: 0}`` or too few images: val = train).
         engine_stats: figures the engine measured (local: ``model_busy_s``, ``model_thread_s``, the share of
             the model thread's time spent in model calls).
     """
@@ -73,6 +75,7 @@ class RunSummary:
     videos_removed: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
     images_with_drops: int = 0
+    splits: dict[str, int] = field(default_factory=dict)
 
     @property
     def instances(self) -> int:

@@ -23,6 +23,8 @@ _MODEL_KEYS = (
     "compat", "half", "max_pixels", "min_side_px", "torch_threads", "prompts", "detector_masks",
 )  # fmt: skip
 _OUTPUT_KEYS = ("format", "save_conf", "multipart", "coco_segmentation", "coco_filename")
+# ``split`` is in neither fingerprint: data.yaml and the split lists are rebuilt from the ledger at the end of
+# every run (annotator/output.py), so a new split fraction re-runs no model and rewrites no label file.
 
 
 def _digest(obj) -> str:

@@ -33,13 +33,15 @@ def tree(tmp_path_factory) -> Path:
 
 
 def ultralytics_dataset(data_yaml: Path) -> tuple[list[str], dict, object]:
-    """Ultralytics' own loader on ``data_yaml``: (image files it found, cache results, dataset)."""
+    """Ultralytics' own loader on ``data_yaml``, every split together (train, val, test; a split listed twice,
+    val = train, is read once): (image files it found, cache results, dataset)."""
     from ultralytics.cfg import get_cfg
     from ultralytics.data.dataset import YOLODataset
     from ultralytics.data.utils import check_det_dataset, load_dataset_cache_file
 
     data = check_det_dataset(str(data_yaml))
-    ds = YOLODataset(img_path=data["train"], data=data, task="segment", imgsz=64, augment=False, hyp=get_cfg())
+    paths = list(dict.fromkeys(data[k] for k in ("train", "val", "test") if data.get(k)))
+    ds = YOLODataset(img_path=paths, data=data, task="segment", imgsz=64, augment=False, hyp=get_cfg())
     cache = load_dataset_cache_file(Path(ds.label_files[0]).parent.with_suffix(".cache"))
     nf, nm, ne, nc, n = cache["results"]
     return ds.im_files, {"found": nf, "missing": nm, "empty": ne, "corrupt": nc, "images": n}, ds
@@ -102,8 +104,12 @@ def test_one_training_epoch_on_the_sample_job_output(tmp_path, shapes_detector, 
                 project=str(tmp_path / "train"), name="t", exist_ok=True, amp=False, verbose=False)  # fmt: skip
     trainer = model.trainer
     assert trainer is not None and trainer.epoch == 0
-    assert len(trainer.train_loader.dataset.im_files) == s.annotated + s.empty
-    assert sum(len(lb["segments"]) for lb in trainer.train_loader.dataset.labels) == s.instances
+    # the default split (val 0.1) puts the sample's 0001.jpg in val: training validates on an image it never saw
+    train_files, val_files = trainer.train_loader.dataset.im_files, trainer.test_loader.dataset.im_files
+    assert val_files == [str(tmp_path / "sample" / "images" / "0001.jpg")]  # the link to sample_data's image
+    assert len(train_files) + len(val_files) == s.annotated + s.empty and not set(train_files) & set(val_files)
+    assert sum(len(lb["segments"]) for d in (trainer.train_loader.dataset, trainer.test_loader.dataset)
+               for lb in d.labels) == s.instances  # fmt: skip
     assert (tmp_path / "train" / "t" / "weights" / "last.pt").is_file()
 
 
@@ -123,7 +129,8 @@ def test_every_shipped_config_writes_trainable_labels(name, tree, tmp_path, shap
     if s.data_yaml is None:
         pytest.fail(f"{name} writes no YOLO labels: format is {settings.get('format')!r}")
     doc = yaml.safe_load(s.data_yaml.read_text())
-    assert "path" not in doc and doc["train"] == "images"
+    # the default split: img21/img23 train, sub/img22 val (split: in annotator/splits.py hashes the path)
+    assert "path" not in doc and doc["train"] == "train.list" and doc["val"] == "val.list"
     files, results, _ = ultralytics_dataset(s.data_yaml)
     assert len(files) == 3 and results["corrupt"] == 0 and results["missing"] == 0
     for label in s.labels_dir.rglob("*.txt"):

@@ -178,13 +178,15 @@ def data_yaml_text(
     path: str | os.PathLike | None = None,
     train: str | list[str] | None = None,
     val: str | list[str] | None = None,
+    test: str | list[str] | None = None,
 ) -> str:
     """The ``data.yaml`` of a YOLO dataset: ``path``/``train``/``val`` (when given), ``nc`` and ``names``.
 
     Args:
         names: detector class id -> name; ids must be exactly ``0..n-1``. Names are quoted by the YAML dumper
             where needed (``"yes"``, ``"1"``, ``"a: b"``, non-ASCII are all read back as the same string).
-        path, train, val: dataset root and splits; Ultralytics requires ``train`` and ``val`` to train.
+        path, train, val, test: dataset root and splits; Ultralytics requires ``train`` and ``val`` to train
+            (``test`` is optional: left out when None).
 
     Example:
         >>> print(data_yaml_text({0: "person", 1: "no"}, train="images", val="images"), end="")
@@ -211,6 +213,8 @@ def data_yaml_text(
         doc["train"] = train
     if val is not None:
         doc["val"] = val
+    if test is not None:
+        doc["test"] = test
     doc["nc"] = len(ids)
     doc["names"] = {i: by_id[i] for i in ids}
     return yaml.safe_dump(doc, sort_keys=False, allow_unicode=True, default_flow_style=False)
