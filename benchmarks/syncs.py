@@ -146,8 +146,10 @@ def emulate_cuda_path(stages, batch_size: int) -> None:
     seg._cuda, seg.cpu_workers, seg.encoder_batch, seg.max_decoder_boxes = True, 1, batch_size, 16
 
 
-def measure(root: Path, batch_sizes, prompts, *, images: int, image_hw, emulate: bool = False) -> list[dict]:
-    """Syncs per batch for each prompt mode and batch size on ``images`` synthetic images (under ``root``)."""
+def measure(root: Path, batch_sizes, prompts, *, images: int, image_hw, emulate: bool = False,
+            device: str = "cpu", sam_name: str = "sam2_t") -> list[dict]:
+    """Syncs per batch for each prompt mode and batch size on ``images`` synthetic images (under ``root``), with
+    the models on ``device`` (``"cpu"``: a proxy, with ``ANNOTATOR_CUDA_CODE_PATH=1`` for the CUDA path)."""
     from annotator.config import make_config
     from annotator.models import resolve_models
     from annotator.random_weights import write_random_sam
@@ -157,12 +159,12 @@ def measure(root: Path, batch_sizes, prompts, *, images: int, image_hw, emulate:
 
     data = write_synthetic_dataset(root / "ds", images, image_hw=image_hw, subdirs=("",), empty_fraction=0.0,
                                    labels="box", ext=".png", n_objects=(2, 5))  # fmt: skip
-    sam = write_random_sam(root / "weights", "sam2_t")
+    sam = write_random_sam(root / "weights", sam_name)
     rows = []
     for mode in prompts:
         for b in batch_sizes:
             extra = {"prompts": "boxes", "prompt_labels": data / "labels"} if mode == "boxes" else {}
-            cfg = make_config(data=data / "images", det_model=str(SHAPES_DETECTOR), sam_model=str(sam), device="cpu",
+            cfg = make_config(data=data / "images", det_model=str(SHAPES_DETECTOR), sam_model=str(sam), device=device,
                               batch_size=b, output_dir=root / "out", **extra)  # fmt: skip
             prompt_file = cfg.prompt_labels if mode == "boxes" else None
             models = resolve_models(cfg.det_model, cfg.sam_model, prompt_labels=prompt_file)
