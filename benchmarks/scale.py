@@ -2,7 +2,8 @@
 
 Builds N tiny synthetic JPEGs, runs the stand-in models of :mod:`benchmarks.overlap` (latency 0: only the host
 side is measured) through the real engine and :func:`annotator.api.run`, then times each operation in a
-**child process** (``os.wait4`` gives that child's own CPU seconds and peak RSS):
+**child process** (``os.wait4`` gives that child's own CPU seconds and peak RSS, imports included: about 2 CPU s
+and 1 GB of torch and friends); ``run s`` / ``run CPU s`` are the operation alone, timed inside the child:
 
 =========  ==========================================================================================
 first      the first run (format ``both``: label files, data.yaml, list, COCO)
@@ -67,9 +68,11 @@ def _child(op: str, root: Path) -> None:
     if op == "export":
         from annotator.cli import main
 
+        t0, c0 = time.perf_counter(), time.process_time()
         rc = main(["export", str(root / "labels"), "--to", "labelstudio"])
         if rc != 0:
             raise SystemExit(rc)
+        print(json.dumps({"run_s": time.perf_counter() - t0, "run_cpu_s": time.process_time() - c0}))
         return
     from annotator.api import run
     from annotator.config import make_config
@@ -79,10 +82,12 @@ def _child(op: str, root: Path) -> None:
     cfg = make_config(**_settings(root, save_conf=op == "format"))
     det, seg = FixedLatencyDetector(0.0, BOXES, imgsz=64), FixedLatencySegmenter(0.0)
     stages = Stages(det, seg, Stages.build_polygonizer(cfg), det_batch=cfg.batch_size)  # type: ignore[arg-type]
+    t0, c0 = time.perf_counter(), time.process_time()
     s = run(cfg, engine_options={"stages": stages})
+    t1, c1 = time.perf_counter(), time.process_time()
     if s.failed:
         raise SystemExit(f"{op}: {s.failed} images failed: {s.failures[:3]}")
-    print(json.dumps({"annotated": s.annotated, "unchanged": s.unchanged}))
+    print(json.dumps({"run_s": t1 - t0, "run_cpu_s": c1 - c0, "annotated": s.annotated, "unchanged": s.unchanged}))
 
 
 def measure(op: str, root: Path) -> dict:
@@ -98,9 +103,11 @@ def measure(op: str, root: Path) -> dict:
     p.returncode = os.waitstatus_to_exitcode(status)
     if p.returncode != 0:
         raise RuntimeError(f"{op} failed ({p.returncode}): {err.decode(errors='replace')[-2000:]}")
+    detail = json.loads(out.decode().strip().splitlines()[-1])
     return {
         "op": op, "wall_s": round(wall, 2), "cpu_s": round(ru.ru_utime + ru.ru_stime, 2),
-        "peak_rss_mib": round(ru.ru_maxrss / 1024, 1), "detail": out.decode().strip().splitlines()[-1:] or [""],
+        "peak_rss_mib": round(ru.ru_maxrss / 1024, 1), "run_s": round(detail.pop("run_s"), 3),
+        "run_cpu_s": round(detail.pop("run_cpu_s"), 3), **detail,
     }  # fmt: skip
 
 
@@ -122,10 +129,14 @@ def bench(n: int, root: Path, ops=OPS) -> list[dict]:
 
 
 def _line(r: dict) -> str:
-    return f"| {r['images']:>7} | {r['op']:<7} | {r['wall_s']:>8.2f} | {r['cpu_s']:>7.2f} | {r['peak_rss_mib']:>9.1f} |"
+    return (f"| {r['images']:>7} | {r['op']:<7} | {r['wall_s']:>8.2f} | {r['cpu_s']:>7.2f} | {r['peak_rss_mib']:>8.1f} "
+            f"| {r['run_s']:>7.3f} | {r['run_cpu_s']:>9.3f} |")  # fmt: skip
 
 
-HEADER = "|  images | op      |   wall s |   CPU s | peak MiB |\n|--------:|---------|---------:|--------:|---------:|"
+HEADER = (
+    "|  images | op      |   wall s |   CPU s | peak MiB |   run s | run CPU s |\n"
+    "|--------:|---------|---------:|--------:|---------:|--------:|----------:|"
+)
 
 
 def main(argv: list[str] | None = None) -> int:
