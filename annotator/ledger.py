@@ -378,6 +378,23 @@ class Ledger:
             ),
         )
 
+    def record_many(self, rows: Sequence[tuple], model_fp: str) -> None:
+        """:meth:`record` for each ``(result, stat, result_json, coco)`` of ``rows``, in **one** transaction
+        (a batch of label files made durable together, then their rows: all or none)."""
+        if not rows:
+            return
+        try:
+            self.db.execute("BEGIN")
+            try:
+                for result, stat, result_json, coco in rows:
+                    self.record(result, stat, model_fp, result_json=result_json, coco=coco)
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as e:
+            raise ledger_error(e, self.path) from None
+
     def forget(self, rel_paths: Iterable[str]) -> None:
         self._write("DELETE FROM items WHERE rel_path = ?", [(p,) for p in rel_paths])
 

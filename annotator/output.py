@@ -38,6 +38,7 @@ written; rows without one, e.g. from an older version or a run without COCO, get
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -56,8 +57,11 @@ from annotator.formats.yolo import (
     polygons_to_yolo_xy,
     write_yolo_labels,
     yolo_label_relpath,
+    yolo_label_text,
 )
-from annotator.io_atomic import atomic_symlink, atomic_write_text, ensure_real_dir, is_own_temp_name, remove_file
+from annotator.io_atomic import (
+    atomic_symlink, atomic_write_text, commit_staged, ensure_real_dir, is_own_temp_name, remove_file, stage_bytes,
+)  # fmt: skip
 from annotator.ledger import FileStat, instances_from_json, instances_to_json
 from annotator.records import ImageResult, ImageStatus, SourceItem
 
@@ -188,6 +192,51 @@ class DatasetWriter:
         stat = self.plan.stats.get(rel) or FileStat(-1, -1)
         self.ledger.record(result, stat, self.plan.model_fp, result_json=result_json, coco=coco)
         self.seconds += time.perf_counter() - t0
+
+    def write_batch(self, results: Sequence[ImageResult]) -> None:
+        """:meth:`write` for several results with one sync: their label files are staged (temp files), made
+        durable together and renamed into place, then their ledger rows are committed in one transaction. A
+        crash anywhere leaves each label file old or complete and no row before its file: the next run redoes
+        the batch's images (the same bytes again)."""
+        t0 = time.perf_counter()
+        staged: list[tuple[Path, Path]] = []
+        rows = []
+        try:
+            for result in results:
+                rel = result.item.rel_path
+                processed = result.status.value in _PROCESSED and result.image_hw is not None
+                result_json = coco = None
+                if processed:
+                    self._stage_yolo(result.item, result.image_hw, result.instances, staged)
+                    if self.cfg.writes_coco:
+                        result_json = instances_to_json(result.instances)
+                        coco = (self._fragment(instances_from_json(result_json), result.image_hw), self.coco_key)
+                else:
+                    self._remove_label(rel)
+                rows.append((result, self.plan.stats.get(rel) or FileStat(-1, -1), result_json, coco))
+            commit_staged(staged)
+        except BaseException:
+            for tmp, _ in staged:
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+            raise
+        self.ledger.record_many(rows, self.plan.model_fp)
+        self.seconds += time.perf_counter() - t0
+
+    def _stage_yolo(self, item: SourceItem, image_hw, instances, staged: list) -> None:
+        """As :meth:`_write_yolo`, the label file staged into ``staged`` (see :meth:`write_batch`)."""
+        rel = item.rel_path
+        if not self._labelled(rel):
+            self._remove_label(rel)
+            return
+        lines = instances_to_yolo_lines(instances, image_hw, multipart=self.cfg.multipart)
+        path = self.label_path(rel)
+        tmp = stage_bytes(path, yolo_label_text(lines).encode("utf-8"), root=self.out)
+        if tmp is not None:
+            staged.append((tmp, path))
+        link = self.link_path(rel)
+        if link is not None:
+            atomic_symlink(os.path.relpath(item.path, link.parent), link, root=self.out)
 
     def _labelled(self, rel: str) -> bool:
         return self.cfg.writes_yolo and rel not in self.collisions
