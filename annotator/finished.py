@@ -110,10 +110,10 @@ class FinishedRun:
 
         ledger = Ledger(self.output_dir)
         try:
-            for rel in sorted(ledger.rel_paths()):
-                row = ledger.get(rel)
-                if row is None or row.status not in _PROCESSED or row.image_hw is None:
+            for row in ledger.rows():  # one query, ordered by rel_path
+                if row.status not in _PROCESSED or row.image_hw is None:
                     continue
+                rel = row.rel_path
                 yield FinishedImage(rel, self.data_root / rel, row.image_hw, row.status,
                                     instances_from_json(row.result_json), dropped=row.dropped)  # fmt: skip
             yield from self._frames(ledger)

@@ -51,6 +51,8 @@ __all__ = [
     "atomic_symlink",
     "atomic_write_bytes",
     "atomic_write_text",
+    "commit_staged",
+    "stage_bytes",
     "atomic_writer",
     "ensure_real_dir",
     "is_own_temp_name",
@@ -235,6 +237,95 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, root: str | os.P
     with atomic_writer(target, "wb", root=root) as f:
         f.write(data)
     return True
+
+
+def stage_bytes(path: str | os.PathLike, data: bytes, *, root: str | os.PathLike | None = None) -> Path | None:
+    """First half of a batched atomic write: ``data`` in a new temp file beside ``path``, *not* synced yet.
+
+    Returns the temp file, or None (nothing written) when ``path`` already holds ``data``. Hand the
+    ``(temp, path)`` pairs of a batch to :func:`commit_staged`; on an error before that, unlink the temp files.
+    """
+    target = Path(path)
+    try:
+        st = os.lstat(target)
+        if stat.S_ISREG(st.st_mode) and st.st_size == len(data) and target.read_bytes() == data:
+            return None
+    except OSError:
+        pass
+    if target.is_dir() and not target.is_symlink():
+        raise OutputError(f"cannot write {target}: it is a folder; move it away")
+    check_write(target, "replace")  # refused before anything is staged: never beside or over an input
+    tmp = temp_path_in(target.parent, root=root)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise _output_error(e, target) from None
+    return tmp
+
+
+def _syncfs(path: Path) -> bool:
+    """``syncfs(2)`` of the file system holding ``path`` (Linux); False where it is not available."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fd = os.open(path, os.O_RDONLY)
+    except (OSError, AttributeError):
+        return False
+    try:
+        return libc.syncfs(fd) == 0
+    except AttributeError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def commit_staged(staged: list[tuple[Path, Path]]) -> None:
+    """Second half of a batched atomic write: make every staged temp file durable with **one** sync of their
+    file system (``syncfs``; elsewhere one ``fsync`` per file), then rename each over its target and sync the
+    folders holding them. A crash before the renames leaves the targets as they were (and temp files that
+    :func:`is_own_temp_name` recognises); after, each target is the old file or the complete new one.
+
+    Raises:
+        OutputError: a file can not be synced or renamed (the temp files not yet renamed are removed).
+    """
+    if not staged:
+        return
+    try:
+        if not _syncfs(staged[0][0].parent):
+            for tmp, target in staged:
+                try:
+                    fd = os.open(tmp, os.O_RDONLY)
+                    try:
+                        os.fsync(fd)
+                    finally:
+                        os.close(fd)
+                except OSError as e:
+                    raise _output_error(e, target) from None
+        for tmp, target in staged:
+            check_write(target, "replace")
+            try:
+                os.replace(tmp, target)
+            except OSError as e:
+                raise _output_error(e, target) from None
+        for folder in {t.parent for _, t in staged}:
+            with contextlib.suppress(OSError):
+                fd = os.open(folder, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+    except BaseException:
+        for tmp, _ in staged:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        raise
 
 
 def atomic_write_text(path: str | os.PathLike, text: str, *, root: str | os.PathLike | None = None) -> bool:

@@ -18,6 +18,9 @@ result_json      the image's instances (class, confidences, polygons in pixels, 
                  every output format is rebuilt from it without running the models again
 dropped_json     detections that gave no label row, by reason: ``{"below_min_area_px": 2}`` (``{}``
                  none; NULL for a row written before the column existed: unknown)
+coco_json        the image's COCO annotations as written, one compact JSON object per line *without* the
+                 leading ``"id"`` / ``"image_id"`` keys (added when the file is assembled); NULL until built
+coco_key         the COCO settings ``coco_json`` was built for (``"polygon:2"``): another key rebuilds it
 updated_at       UNIX time of the last write
 ===============  ============================================================================
 
@@ -25,7 +28,10 @@ Schema changes are additive: a column added later is appended to an existing led
 (:func:`add_missing_columns`, ``PRAGMA user_version`` = :data:`SCHEMA_VERSION`), so an older output folder
 keeps working (its old rows read NULL in the new columns).
 
-Table ``meta``: ``output_fp`` (fingerprint of the format settings the label files were last written with).
+Table ``meta``: ``output_fp`` (fingerprint of the format settings the label files were last written with);
+``items_generation`` (an integer that triggers raise on every insert, update or delete in ``items``: an output
+built at generation G from the same inputs and settings needs no rebuild while it is still G); ``built:<output>``
+(what each run-level output was last built from, see :mod:`annotator.output`).
 
 A row is written *after* the image's label file was renamed into place, so a crash between the two only
 makes the next run redo that image (the same bytes again): every image is labelled exactly once.
@@ -36,7 +42,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,16 +71,35 @@ CREATE TABLE IF NOT EXISTS items (
     image_w INTEGER,
     result_json TEXT,
     updated_at REAL NOT NULL,
-    dropped_json TEXT
+    dropped_json TEXT,
+    coco_json TEXT,
+    coco_key TEXT
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
-#: 1: the first ledger; 2: ``items.dropped_json`` (and ``videos.dropped_json``)
-SCHEMA_VERSION = 2
+#: ``meta`` key of the items generation (see the module docstring)
+GENERATION_KEY = "items_generation"
+
+_TRIGGERS = "".join(
+    f"""
+CREATE TRIGGER IF NOT EXISTS items_generation_{event.lower()} AFTER {event} ON items BEGIN
+    UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = '{GENERATION_KEY}';
+END;"""
+    for event in ("INSERT", "UPDATE", "DELETE")
+)
+
+#: 1: the first ledger; 2: ``items.dropped_json`` (and ``videos.dropped_json``); 3: ``items.coco_json`` /
+#: ``coco_key`` and the ``items_generation`` triggers
+SCHEMA_VERSION = 3
 
 #: columns added after version 1, appended to older ledgers on open: table -> ((column, SQL type), ...)
-ADDED_COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {"items": (("dropped_json", "TEXT"),)}
+ADDED_COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
+    "items": (("dropped_json", "TEXT"), ("coco_json", "TEXT"), ("coco_key", "TEXT")),
+}
+
+#: rel_paths per ``IN (...)`` query of the bulk reads (below SQLite's 999-parameter floor)
+_CHUNK = 500
 
 
 def add_missing_columns(db: sqlite3.Connection, added: dict[str, tuple[tuple[str, str], ...]]) -> None:
@@ -226,6 +251,8 @@ class Ledger:
             self.db.executescript(_SCHEMA)
             if self.db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
                 add_missing_columns(self.db, ADDED_COLUMNS)
+                self.db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES (?, '0')", (GENERATION_KEY,))
+                self.db.executescript(_TRIGGERS)
                 self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         except sqlite3.DatabaseError as e:
             raise ledger_error(e, self.path) from None
@@ -239,6 +266,67 @@ class Ledger:
         )
         row = cur.fetchone()
         return LedgerRow(*row) if row else None
+
+    def plan_rows(self) -> dict[str, tuple]:
+        """Every row's ``rel_path -> (size, mtime_ns, sha256, model_fp, status)``: one query (what planning needs).
+
+        Example:
+            >>> import tempfile
+            >>> led = Ledger(Path(tempfile.mkdtemp()))
+            >>> led.plan_rows()
+            {}
+        """
+        return {r[0]: r[1:] for r in self.db.execute("SELECT rel_path, size, mtime_ns, sha256, model_fp, status FROM items")}
+
+    def rows_for(
+        self, rel_paths: Sequence[str], columns: str, *, chunked: bool = False
+    ) -> Iterator[tuple[str, tuple | None]]:
+        """``(rel_path, (columns...) or None)`` for each of ``rel_paths``, in their order, streamed.
+
+        ``rel_paths`` sorted (as a scan gives them) and not ``chunked``: one query, merged with the list (memory
+        flat; do not write to the ledger before the iterator is exhausted). Otherwise one query per 500 paths, each
+        read whole before its rows are yielded (writes in between are safe). ``columns``: ``items`` columns, e.g.
+        ``"status, image_h, image_w"``.
+        """
+        if not chunked and all(a < b for a, b in zip(rel_paths, rel_paths[1:])):
+            cur = self.db.execute(f"SELECT rel_path, {columns} FROM items ORDER BY rel_path")
+            row = next(cur, None)
+            for p in rel_paths:
+                while row is not None and row[0] < p:
+                    row = next(cur, None)
+                yield (p, row[1:]) if row is not None and row[0] == p else (p, None)
+            cur.close()
+            return
+        for k in range(0, len(rel_paths), _CHUNK):
+            chunk = list(rel_paths[k : k + _CHUNK])
+            marks = ",".join("?" * len(chunk))
+            found = {r[0]: r[1:] for r in self.db.execute(f"SELECT rel_path, {columns} FROM items WHERE rel_path IN ({marks})", chunk)}
+            yield from ((p, found.get(p)) for p in chunk)
+
+    def rows(self) -> Iterator[LedgerRow]:
+        """Every row ordered by ``rel_path`` (code-point order, as ``sorted``), streamed by one query."""
+        cur = self.db.execute(
+            "SELECT rel_path, size, mtime_ns, sha256, model_fp, status, reason, instances, seconds, image_h, image_w,"
+            " result_json, dropped_json FROM items ORDER BY rel_path"
+        )
+        for row in cur:
+            yield LedgerRow(*row)
+
+    def generation(self) -> int:
+        """The items generation: changes whenever any row of ``items`` is inserted, replaced or deleted."""
+        return int(self.meta(GENERATION_KEY) or 0)
+
+    def set_coco(self, rows: Iterable[tuple[str, str, str]]) -> None:
+        """Store ``(coco_json, coco_key, rel_path)`` fragments, in one transaction (built for rows that lacked them)."""
+        rows = list(rows)
+        if not rows:
+            return
+        try:
+            with self.db:
+                self.db.execute("BEGIN")
+                self.db.executemany("UPDATE items SET coco_json = ?, coco_key = ? WHERE rel_path = ?", rows)
+        except sqlite3.Error as e:
+            raise ledger_error(e, self.path) from None
 
     def rel_paths(self) -> Iterator[str]:
         for (p,) in self.db.execute("SELECT rel_path FROM items ORDER BY rel_path"):
@@ -258,12 +346,21 @@ class Ledger:
         except sqlite3.Error as e:
             raise ledger_error(e, self.path) from None
 
-    def record(self, result: ImageResult, stat: FileStat, model_fp: str) -> None:
+    def record(
+        self, result: ImageResult, stat: FileStat, model_fp: str, *, result_json: str | None = None,
+        coco: tuple[str, str] | None = None,
+    ) -> None:  # fmt: skip
+        """Insert or replace the row of ``result``. ``result_json``: :func:`instances_to_json` of its instances when
+        the caller made it already; ``coco``: ``(coco_json, coco_key)`` when the caller built the COCO fragment."""
         h, w = result.image_hw if result.image_hw else (None, None)
         processed = result.status in (ImageStatus.OK, ImageStatus.EMPTY)
+        if processed and result_json is None:
+            result_json = instances_to_json(result.instances)
+        coco_json, coco_key = coco if coco is not None and processed else (None, None)
         self._write(
             "INSERT OR REPLACE INTO items (rel_path, size, mtime_ns, sha256, model_fp, status, reason, instances,"
-            " seconds, image_h, image_w, result_json, updated_at, dropped_json) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            " seconds, image_h, image_w, result_json, updated_at, dropped_json, coco_json, coco_key)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 result.item.rel_path,
                 stat.size,
@@ -276,11 +373,30 @@ class Ledger:
                 float(sum(result.seconds.values())),
                 h,
                 w,
-                instances_to_json(result.instances) if processed else None,
+                result_json if processed else None,
                 time.time(),
                 dropped_to_json(result.dropped),
+                coco_json,
+                coco_key,
             ),
         )
+
+    def record_many(self, rows: Sequence[tuple], model_fp: str) -> None:
+        """:meth:`record` for each ``(result, stat, result_json, coco)`` of ``rows``, in **one** transaction
+        (a batch of label files made durable together, then their rows: all or none)."""
+        if not rows:
+            return
+        try:
+            self.db.execute("BEGIN")
+            try:
+                for result, stat, result_json, coco in rows:
+                    self.record(result, stat, model_fp, result_json=result_json, coco=coco)
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as e:
+            raise ledger_error(e, self.path) from None
 
     def forget(self, rel_paths: Iterable[str]) -> None:
         self._write("DELETE FROM items WHERE rel_path = ?", [(p,) for p in rel_paths])
@@ -325,13 +441,22 @@ def ledger_error(e: sqlite3.Error, path: Path) -> Exception:
     return OutputError(f"cannot write the ledger {path}: {text} ({cause}); it is intact: fix that and re-run")
 
 
-def is_current(row: LedgerRow | None, stat: FileStat, model_fp: str) -> bool:
-    """True when ``row`` was produced from this version of the file with these models and settings."""
-    if row is None or row.model_fp != model_fp or row.status in RETRIED_STATUSES:
+def is_current(row: LedgerRow | tuple | None, stat: FileStat, model_fp: str) -> bool:
+    """True when ``row`` was produced from this version of the file with these models and settings.
+
+    ``row``: a :class:`LedgerRow`, or a ``(size, mtime_ns, sha256, model_fp, status)`` tuple of
+    :meth:`Ledger.plan_rows`."""
+    if row is None:
         return False
-    if stat.sha256 is not None and row.sha256 is not None:
-        return row.sha256 == stat.sha256
-    return row.size == stat.size and row.mtime_ns == stat.mtime_ns
+    if isinstance(row, tuple):
+        size, mtime_ns, sha256, fp, status = row
+    else:
+        size, mtime_ns, sha256, fp, status = row.size, row.mtime_ns, row.sha256, row.model_fp, row.status
+    if fp != model_fp or status in RETRIED_STATUSES:
+        return False
+    if stat.sha256 is not None and sha256 is not None:
+        return sha256 == stat.sha256
+    return size == stat.size and mtime_ns == stat.mtime_ns
 
 
 def stat_items(items: Iterable[SourceItem], *, with_hash: bool = False) -> dict[str, FileStat | None]:

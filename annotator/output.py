@@ -34,10 +34,19 @@ Every file is written atomically (temp file + rename) and only when its bytes ch
 inside the output folder (:mod:`annotator.io_atomic`). Label files are written as results arrive; the COCO
 JSON, the list and ``scores.csv`` are assembled at the end from the ledger, in input order, so they never
 depend on processing order.
+
+Re-runs cost what changed: each run-level output (COCO, ``data.yaml`` + list, ``scores.csv``) records in the
+ledger's meta (``built:<name>``) a key of what it was built from -- the ledger's items generation, the input
+list, the class names and the settings it depends on -- and the inode, size and mtime of its files. When the key
+and the files are the same, it is not rebuilt at all (a no-op run reads no ledger row for it). The COCO file is
+rebuilt by streaming each image's stored annotation fragment (``items.coco_json``, made when the image is
+written; rows without one, e.g. from an older version or a run without COCO, get theirs once).
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import io
 import json
 import logging
@@ -49,16 +58,19 @@ from pathlib import Path
 
 from annotator.csv_text import csv_writer
 from annotator.config import AnnotateConfig
-from annotator.formats.coco import CocoJsonWriter, coco_categories
+from annotator.formats.coco import CocoJsonWriter, coco_categories, coco_fragment
 from annotator.formats.yolo import (
     data_yaml_text,
     instances_to_yolo_lines,
     polygons_to_yolo_xy,
     write_yolo_labels,
     yolo_label_relpath,
+    yolo_label_text,
 )
-from annotator.io_atomic import atomic_symlink, atomic_write_text, ensure_real_dir, is_own_temp_name, remove_file
-from annotator.ledger import FileStat, instances_from_json
+from annotator.io_atomic import (
+    atomic_symlink, atomic_write_text, commit_staged, ensure_real_dir, is_own_temp_name, remove_file, stage_bytes,
+)  # fmt: skip
+from annotator.ledger import FileStat, instances_from_json, instances_to_json
 from annotator.path_guard import write_allowed
 from annotator.records import ImageResult, ImageStatus, SourceItem
 from annotator.splits import SPLITS, split_of
@@ -68,6 +80,8 @@ _log = logging.getLogger(__name__)
 _PROCESSED = (ImageStatus.OK.value, ImageStatus.EMPTY.value)
 LIST_FILENAME = "labelled_images.list"
 SCORES_FILENAME = "scores.csv"
+#: digits of COCO coordinates (CocoJsonWriter's default), part of the stored fragments' key
+COCO_DECIMALS = 2
 
 
 def label_collisions(items: Sequence[SourceItem]) -> set[str]:
@@ -160,6 +174,14 @@ class DatasetWriter:
     def scores_path(self) -> Path | None:
         return self.out / SCORES_FILENAME if self.cfg.writes_yolo and self.cfg.save_conf else None
 
+    @property
+    def coco_key(self) -> str:
+        """What a stored COCO fragment depends on besides the row: ``"polygon:2"``."""
+        return f"{self.cfg.coco_segmentation}:{COCO_DECIMALS}"
+
+    def _fragment(self, instances, image_hw) -> str:
+        return coco_fragment(instances, image_hw, segmentation=self.cfg.coco_segmentation, decimals=COCO_DECIMALS)
+
     def label_path(self, rel_path: str) -> Path:
         return self.labels / yolo_label_relpath(rel_path)
 
@@ -172,13 +194,62 @@ class DatasetWriter:
         t0 = time.perf_counter()
         rel = result.item.rel_path
         processed = result.status.value in _PROCESSED and result.image_hw is not None
+        result_json = coco = None
         if processed:
             self._write_yolo(result.item, result.image_hw, result.instances)
+            if self.cfg.writes_coco:  # the image's COCO annotations, stored: the file is assembled from them
+                result_json = instances_to_json(result.instances)
+                coco = (self._fragment(instances_from_json(result_json), result.image_hw), self.coco_key)
         else:
             self._remove_label(rel)  # an image that fails now must not keep labels of an older version
         stat = self.plan.stats.get(rel) or FileStat(-1, -1)
-        self.ledger.record(result, stat, self.plan.model_fp)
+        self.ledger.record(result, stat, self.plan.model_fp, result_json=result_json, coco=coco)
         self.seconds += time.perf_counter() - t0
+
+    def write_batch(self, results: Sequence[ImageResult]) -> None:
+        """:meth:`write` for several results with one sync: their label files are staged (temp files), made
+        durable together and renamed into place, then their ledger rows are committed in one transaction. A
+        crash anywhere leaves each label file old or complete and no row before its file: the next run redoes
+        the batch's images (the same bytes again)."""
+        t0 = time.perf_counter()
+        staged: list[tuple[Path, Path]] = []
+        rows = []
+        try:
+            for result in results:
+                rel = result.item.rel_path
+                processed = result.status.value in _PROCESSED and result.image_hw is not None
+                result_json = coco = None
+                if processed:
+                    self._stage_yolo(result.item, result.image_hw, result.instances, staged)
+                    if self.cfg.writes_coco:
+                        result_json = instances_to_json(result.instances)
+                        coco = (self._fragment(instances_from_json(result_json), result.image_hw), self.coco_key)
+                else:
+                    self._remove_label(rel)
+                rows.append((result, self.plan.stats.get(rel) or FileStat(-1, -1), result_json, coco))
+            commit_staged(staged)
+        except BaseException:
+            for tmp, _ in staged:
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+            raise
+        self.ledger.record_many(rows, self.plan.model_fp)
+        self.seconds += time.perf_counter() - t0
+
+    def _stage_yolo(self, item: SourceItem, image_hw, instances, staged: list) -> None:
+        """As :meth:`_write_yolo`, the label file staged into ``staged`` (see :meth:`write_batch`)."""
+        rel = item.rel_path
+        if not self._labelled(rel):
+            self._remove_label(rel)
+            return
+        lines = instances_to_yolo_lines(instances, image_hw, multipart=self.cfg.multipart)
+        path = self.label_path(rel)
+        tmp = stage_bytes(path, yolo_label_text(lines).encode("utf-8"), root=self.out)
+        if tmp is not None:
+            staged.append((tmp, path))
+        link = self.link_path(rel)
+        if link is not None:
+            atomic_symlink(os.path.relpath(item.path, link.parent), link, root=self.out)
 
     def _labelled(self, rel: str) -> bool:
         return self.cfg.writes_yolo and rel not in self.collisions
@@ -213,12 +284,10 @@ class DatasetWriter:
         touched = 0
         output_changed = self.ledger.meta("output_fp") != self.plan.output_fp
         todo = {it.rel_path for it in self.plan.items}
-        for it in self.plan.all_items:
-            rel = it.rel_path
-            if rel in todo:
-                continue
-            row = self.ledger.get(rel)
-            if row is None or row.status not in _PROCESSED:
+        rest = [it for it in self.plan.all_items if it.rel_path not in todo]
+        columns = "status, image_h, image_w" + (", result_json" if output_changed else "")
+        for it, (rel, row) in zip(rest, self.ledger.rows_for([it.rel_path for it in rest], columns)):
+            if row is None or row[0] not in _PROCESSED:
                 continue
             path, link = self.label_path(rel), self.link_path(rel)
             if not self._labelled(rel):
@@ -226,7 +295,9 @@ class DatasetWriter:
                     self._remove_label(rel)
                     touched += 1
             elif output_changed or not path.exists() or (link is not None and not os.path.lexists(link)):
-                self._write_yolo(it, row.image_hw, instances_from_json(row.result_json))
+                hw = (row[1], row[2]) if row[1] is not None and row[2] is not None else None
+                text = row[3] if output_changed else self.ledger.get(rel).result_json  # type: ignore[union-attr]
+                self._write_yolo(it, hw, instances_from_json(text))
                 touched += 1
         if self.plan.deleted:
             if not self.cfg.keep_deleted:
@@ -237,28 +308,92 @@ class DatasetWriter:
         return touched
 
     def close(self) -> None:
-        """Write ``data.yaml`` (+ the list of labelled images), ``scores.csv`` and the COCO JSON, in input order."""
+        """Write ``data.yaml`` (+ the list of labelled images), ``scores.csv`` and the COCO JSON, in input order;
+        each only when what it is built from changed since it was last built (see the module docstring)."""
         t0 = time.perf_counter()
+        state = self._state()
         if self.cfg.writes_yolo:
-            self._write_data_yaml([it for it, _ in self._done() if self._labelled(it.rel_path)])
-        self._write_scores(self._done())
+            if self.links is not None:
+                ensure_real_dir(self.links, self.out)  # an empty images/ still makes a valid (empty) dataset
+            self._build("data_yaml", state, self._write_data_yaml)
+            if not self.split_counts:  # data.yaml unchanged since an earlier run: its split counts from the ledger
+                self.split_counts = json.loads(self.ledger.meta("split_counts") or "{}")
+        if self.scores_path is None:
+            if self.ledger.meta("scores_csv") == "1":  # written by an earlier run: ours to remove
+                remove_file(self.out / SCORES_FILENAME)
+                self.ledger.set_meta("scores_csv", "0")
+        else:
+            self._build("scores", state, self._write_scores)
         if self.cfg.writes_coco:
-            self._write_coco(self._done())
+            self._build("coco", state, self._write_coco)
         if self.ledger.meta("output_fp") != self.plan.output_fp:
             self.ledger.set_meta("output_fp", self.plan.output_fp)
         self.seconds += time.perf_counter() - t0
 
-    def _done(self):
-        """``(item, ledger row)`` of every processed input, in input order, streamed: memory stays flat."""
+    # -- what each run-level output is built from --------------------------------------------------------------
+    def _state(self) -> str | None:
+        """The ledger's items generation and the input list, digested (None with videos: always rebuilt)."""
+        if getattr(self.plan, "videos", None):
+            return None
+        h = hashlib.sha256(str(self.ledger.generation()).encode() + b"\0")
         for it in self.plan.all_items:
-            r = self.ledger.get(it.rel_path)
-            if r is not None and r.status in _PROCESSED and r.image_hw is not None:
-                yield it, r
+            h.update(it.rel_path.encode("utf-8", "surrogateescape") + b"\0")
+        return h.hexdigest()
 
-    def _write_data_yaml(self, labelled: list[SourceItem]) -> None:
+    def _output_files(self, name: str) -> list[Path]:
+        if name == "data_yaml":
+            return [self.out / "data.yaml", self.out / LIST_FILENAME] + [self.out / f"{k}.list" for k in SPLITS]
+        return [self.out / SCORES_FILENAME] if name == "scores" else [self.out / self.cfg.coco_filename]
+
+    def _key(self, name: str, state: str) -> str:
+        """Everything output ``name`` depends on: the state, the class names and its own settings."""
+        parts: list = [state, self._dense_names()]
+        if name == "data_yaml":
+            parts += [self.links is None, str(Path(self.cfg.data).absolute()), self.cfg.split.model_dump()]
+        elif name == "scores":
+            parts += [self.cfg.multipart]
+        else:
+            parts += [self.cfg.det_model, self.cfg.sam_model, self.coco_key]
+        return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()
+
+    def _signature(self, name: str) -> list:
+        sig = []
+        for f in self._output_files(name):
+            try:
+                st = os.stat(f)
+                sig.append([f.name, st.st_ino, st.st_size, st.st_mtime_ns])
+            except OSError:
+                sig.append([f.name, None])
+        return sig
+
+    def _build(self, name: str, state: str | None, write) -> None:
+        """Run ``write()`` unless output ``name`` was built from this state and its files are untouched since."""
+        meta_key = f"built:{name}"
+        if state is not None:
+            try:
+                recorded = json.loads(self.ledger.meta(meta_key) or "null")
+            except ValueError:
+                recorded = None
+            if recorded == {"key": self._key(name, state), "files": self._signature(name)}:
+                return
+        write()
+        after = self._state()  # COCO fragments stored while writing raise the generation: record the new one
+        if after is not None:
+            self.ledger.set_meta(meta_key, json.dumps({"key": self._key(name, after), "files": self._signature(name)}))
+
+    def _processed(self, columns: str = "", *, chunked: bool = False):
+        """``(item, (h, w), extra columns...)`` of every processed input, in input order, streamed."""
+        items = self.plan.all_items
+        cols = "status, image_h, image_w" + (f", {columns}" if columns else "")
+        for it, (_, row) in zip(items, self.ledger.rows_for([it.rel_path for it in items], cols, chunked=chunked)):
+            if row is not None and row[0] in _PROCESSED and row[1] is not None and row[2] is not None:
+                yield (it, (row[1], row[2]), *row[3:])
+
+    def _write_data_yaml(self) -> None:
         """``data.yaml`` + the image lists: ``labelled_images.list`` (all) and ``train``/``val``/``test.list``
         (:mod:`annotator.splits`). Sibling layout: absolute paths (the images lie outside the output folder);
         dataset layout: ``./images/...`` (Ultralytics reads ``./`` relative to the list: the folder can move)."""
+        labelled = [it for it, *_ in self._processed() if self._labelled(it.rel_path)]
         names = self._dense_names()
         # no 'path:' key: Ultralytics then resolves train/val against data.yaml's own folder (a relative 'path'
         # would be taken relative to its datasets_dir), so the yaml keeps working when the folder moves
@@ -295,6 +430,7 @@ class DatasetWriter:
             listed = LIST_FILENAME if sibling else "images"
             text = data_yaml_text(names, train=listed, val=listed)
         self.split_counts = {k: len(by_split[k]) for k in written}
+        self.ledger.set_meta("split_counts", json.dumps(self.split_counts))  # read back when a re-run skips this
         self._remove_stale_split_lists(written)
         atomic_write_text(self.out / "data.yaml", text, root=self.out)
 
@@ -311,22 +447,17 @@ class DatasetWriter:
         if before != written:
             self.ledger.set_meta("split_lists", json.dumps(written))
 
-    def _write_scores(self, done) -> None:
+    def _write_scores(self) -> None:
         """``scores.csv``: one line per YOLO label row, the same order (``save_conf``)."""
         path = self.out / SCORES_FILENAME
-        if self.scores_path is None:
-            if self.ledger.meta("scores_csv") == "1":  # written by an earlier run: ours to remove
-                remove_file(path)
-                self.ledger.set_meta("scores_csv", "0")
-            return
         buf = io.StringIO()
         w = csv_writer(buf)  # any name stays one field (annotator/csv_text.py)
         w.writerow(["image", "label_file", "row", "class_id", "class_name", "det_conf", "sam_score"])
-        for it, r in done:
+        for it, _, result_json in self._processed("result_json"):
             if not self._labelled(it.rel_path):
                 continue
             label = yolo_label_relpath(it.rel_path)
-            self._score_rows(w, it.rel_path, label, instances_from_json(r.result_json))
+            self._score_rows(w, it.rel_path, label, instances_from_json(result_json))
         for f in self._video_frames():  # then every frame of the finished videos, as in the COCO JSON
             label = Path(os.path.relpath(f.label_path, self.labels)).as_posix()
             self._score_rows(w, f.coco_file_name, label, f.instances)
@@ -344,17 +475,28 @@ class DatasetWriter:
             name = self.names.get(inst.class_id, f"class{inst.class_id}")
             w.writerow([image, label, k, inst.class_id, name, f"{inst.det_conf:.6f}", f"{inst.sam_score:.6f}"])
 
-    def _write_coco(self, done) -> None:
+    def _write_coco(self) -> None:
+        """Assemble the COCO JSON from the stored per-image fragments (rows lacking one for these settings get it
+        now, stored in batches), then the finished videos' frames."""
         info = {"description": f"annotator: {self.cfg.det_model} boxes -> {self.cfg.sam_model} masks"}
         ensure_real_dir(self.out)
+        key, pending = self.coco_key, []
         with CocoJsonWriter(
             self.out / self.cfg.coco_filename,
             coco_categories(self._dense_names()),
             info=info,
             segmentation=self.cfg.coco_segmentation,
         ) as coco:
-            for it, row in done:
-                coco.add_image(it.rel_path, row.image_hw, instances_from_json(row.result_json))
+            for it, hw, coco_key, fragment in self._processed("coco_key, coco_json", chunked=True):
+                if coco_key != key or fragment is None:  # an older row, or one written without COCO
+                    row = self.ledger.get(it.rel_path)
+                    fragment = self._fragment(instances_from_json(row.result_json if row else None), hw)
+                    pending.append((fragment, key, it.rel_path))
+                    if len(pending) >= 500:
+                        self.ledger.set_coco(pending)
+                        pending = []
+                coco.add_fragment(it.rel_path, hw, fragment)
+            self.ledger.set_coco(pending)
             for f in self._video_frames():  # then every frame of the finished videos (annotator/video/layout.py)
                 extra = {"video": f.video, "frame_index": f.frame_index}
                 coco.add_image(f.coco_file_name, f.image_hw, f.instances, extra)

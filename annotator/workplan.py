@@ -84,9 +84,11 @@ def plan_work(cfg: AnnotateConfig, models: ResolvedModels, scan, ledger: Ledger,
     model_fp = model_fingerprint(cfg, models, weight_hashes)
     all_items = list(scan.items)
     stats = stat_items(all_items, with_hash=cfg.hash_inputs)
-    todo = [it for it in all_items if stats[it.rel_path] is None or not is_current(ledger.get(it.rel_path), stats[it.rel_path], model_fp)]
+    rows = ledger.plan_rows()  # one query: size, mtime, hash, fingerprint and status of every row
+    todo = [it for it in all_items if stats[it.rel_path] is None or not is_current(rows.get(it.rel_path), stats[it.rel_path], model_fp)]
     current = {it.rel_path for it in all_items}
-    deleted = [p for p in ledger.rel_paths() if p not in current]
+    deleted = sorted(p for p in rows if p not in current)
+    del rows
     return WorkPlan(
         items=todo,
         all_items=all_items,

@@ -54,6 +54,7 @@ from annotator.records import PolygonInstance
 __all__ = [
     "CocoJsonWriter",
     "coco_categories",
+    "coco_fragment",
     "coco_image_entry",
     "instances_to_coco_annotations",
     "segmentation_area_bbox",
@@ -244,6 +245,29 @@ def instances_to_coco_annotations(
     return anns
 
 
+def coco_fragment(
+    instances: Sequence[PolygonInstance], image_hw: tuple[int, int], *, segmentation: Segmentation = "polygon",
+    decimals: int = 2,
+) -> str:  # fmt: skip
+    """One image's annotations as :class:`CocoJsonWriter` writes them, minus the ids: one compact JSON object per
+    line (``"\\n"``-terminated) starting at ``"category_id"``. Stored per image (``ledger.items.coco_json``), so a
+    rebuild of the file streams them (:meth:`CocoJsonWriter.add_fragment`) instead of re-deriving polygons.
+
+    Example:
+        >>> sq = np.array([[10, 10], [10, 30], [30, 30], [30, 10]], float)
+        >>> coco_fragment([PolygonInstance(0, 0.8, 0.9, [sq], 441, (10.0, 10.0, 21.0, 21.0))], (64, 64))[:40]
+        '{"category_id":1,"segmentation":[[10.5,1'
+    """
+    anns = instances_to_coco_annotations(instances, image_id=1, first_annotation_id=1, segmentation=segmentation,
+                                         decimals=decimals, image_hw=(int(image_hw[0]), int(image_hw[1])))  # fmt: skip
+    return "".join(CocoJsonWriter._dumps({k: v for k, v in a.items() if k not in _ID_KEYS}) + "\n" for a in anns)
+
+
+#: the keys :func:`coco_fragment` leaves out (they lead every annotation, in this order)
+_ID_KEYS = ("id", "image_id")
+_CATEGORY_PREFIX = '{"category_id":'
+
+
 class CocoJsonWriter:
     """Stream images and annotations into one COCO JSON file with memory independent of the dataset size.
 
@@ -354,6 +378,32 @@ class CocoJsonWriter:
         self._file_names.add(file_name)
         self.num_images += 1
         self.num_annotations += len(anns)
+        return image_id
+
+    def add_fragment(self, file_name: str, image_hw: tuple[int, int], fragment: str) -> int:
+        """As :meth:`add_image`, with the annotations given as :func:`coco_fragment` made them (byte-identical
+        output, no polygon touched). Returns the image id."""
+        if self._closed:
+            raise RuntimeError(f"CocoJsonWriter for {self.path} is closed; open a new writer")
+        if file_name in self._file_names:
+            raise ValueError(f"image {file_name!r} was already added to {self.path}; file names must be unique")
+        image_id = self.num_images + 1
+        entry = coco_image_entry(image_id, file_name, image_hw)
+        lines = [line for line in fragment.split("\n") if line]  # not splitlines: U+2028 may sit in a string
+        head = len(_CATEGORY_PREFIX)
+        unknown = sorted({c - 1 for c in (int(line[head : line.index(",", head)]) for line in lines) if c not in self._category_ids})
+        if unknown:
+            raise ValueError(
+                f"{file_name}: class ids {unknown} have no category; include them in the names given to coco_categories"
+            )
+        assert self._images is not None and self._annotations is not None
+        next_id = self.num_annotations + 1
+        for k, line in enumerate(lines):
+            self._annotations.write(f'{{"id":{next_id + k},"image_id":{image_id},{line[1:]}\n')
+        self._images.write(self._dumps(entry) + "\n")
+        self._file_names.add(file_name)
+        self.num_images += 1
+        self.num_annotations += len(lines)
         return image_id
 
     @staticmethod

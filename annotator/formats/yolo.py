@@ -226,7 +226,17 @@ def write_yolo_labels(path: str | os.PathLike, lines: Sequence[str], *, root: st
     ``root`` is the output folder: no folder below it may be a link (see :mod:`annotator.io_atomic`).
     Returns False when the file already held these rows (it is then left untouched).
     """
+    return atomic_write_text(path, yolo_label_text(lines), root=root)
+
+
+def yolo_label_text(lines: Sequence[str]) -> str:
+    """The bytes of a label file (as text): one row per line, each ``\\n``-terminated; ``""`` for no row.
+
+    Example:
+        >>> yolo_label_text(["0 0.1 0.2 0.3 0.4 0.5 0.6"])
+        '0 0.1 0.2 0.3 0.4 0.5 0.6\\n'
+    """
     bad = [ln for ln in lines if "\n" in ln or "\r" in ln]
     if bad:
         raise ValueError(f"label rows must not contain newlines, got {bad[0][:80]!r}")
-    return atomic_write_text(path, "".join(f"{ln}\n" for ln in lines), root=root)
+    return "".join(f"{ln}\n" for ln in lines)
