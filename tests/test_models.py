@@ -95,7 +95,7 @@ def test_cli_missing_weights_exits_2_with_one_line(tmp_path):
     ("args", "fragment"),
     [
         (["--conf", "2"], "conf: Input should be less than or equal to 1"),
-        (["--conf", "abc"], "invalid float value"),
+        (["--conf", "abc"], "argument --conf: expected a number, found 'abc'"),
         (["--format", "voc"], "invalid choice"),
         (["--imgsz", "0"], "imgsz: must be positive"),
     ],
