@@ -255,7 +255,8 @@ def test_ray_engine_labels_one_video_per_actor_like_the_local_engine(tmp_path, s
         outputs[engine] = {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*")
                            if p.is_file() and ".annotator" not in p.parts and p.name != "run_report.json"}  # fmt: skip
     assert not ray.is_initialized()  # the engine's own instance is shut down
-    assert outputs["ray"] == outputs["local"] and len(outputs["local"]) == 2 * 18 + 2 + 2  # + tracks, yaml, coco
+    assert outputs["ray"] == outputs["local"]
+    assert len(outputs["local"]) == 2 * 18 + 2 + 2 + 3  # + tracks, data.yaml, coco, train/val/labelled_images lists
 
 
 @pytest.mark.parametrize("engine", ["local", "ray"])
