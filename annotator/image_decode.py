@@ -34,6 +34,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from annotator.records import DecodedImage, ImageStatus, SourceItem
+from annotator.validation.files import special_kind as _kind_of  # one definition of 'not a regular file'
 
 IMAGE_SUFFIXES: frozenset[str] = frozenset(
     {".avif", ".bmp", ".dng", ".heic", ".heif", ".jp2", ".jpeg", ".jpg", ".mpo", ".png", ".tif", ".tiff", ".webp"}
@@ -92,22 +93,6 @@ MAX_FILE_BYTES_PER_PIXEL = 16
 def max_file_bytes(max_pixels: int) -> int:
     """The most bytes read from one input: 16 bytes per allowed pixel (16-bit RGBA, uncompressed), >= 1 MiB."""
     return max(1 << 20, MAX_FILE_BYTES_PER_PIXEL * int(max_pixels))
-
-
-def _kind_of(mode: int) -> str | None:
-    """None for a regular file, else what it is, in words (named pipe, socket, character device...)."""
-    if stat.S_ISREG(mode):
-        return None
-    for test, name in (
-        (stat.S_ISFIFO, "a named pipe"),
-        (stat.S_ISSOCK, "a socket"),
-        (stat.S_ISCHR, "a character device"),
-        (stat.S_ISBLK, "a block device"),
-        (stat.S_ISDIR, "a folder"),
-    ):
-        if test(mode):
-            return name
-    return "not a regular file"
 
 
 def read_image_bytes(item: SourceItem, *, max_bytes: int | None = None) -> bytes:

@@ -87,14 +87,7 @@ class OutputLock:
                 self._acquire_shared(out)
                 return
             raise OutputError(f"cannot open the output folder's lock {describe_os_error(e, self.path)}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            try:
-                owner = os.read(fd, 200).decode(errors="replace").strip()
-            finally:
-                os.close(fd)
-            raise OutputLockedError(f"output folder {out} is in use: {describe_holder(owner)}") from None
+        _flock_or_refuse(fd, fcntl.LOCK_EX, out)
         try:
             os.ftruncate(fd, 0)
             os.write(fd, f"{os.getpid()} since {time.strftime('%Y-%m-%dT%H:%M:%S')}\n".encode())
@@ -113,14 +106,7 @@ class OutputLock:
             from annotator.errors import OutputError, describe_os_error
 
             raise OutputError(f"cannot open the output folder's lock {describe_os_error(e, self.path)}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            try:
-                owner = os.read(fd, 200).decode(errors="replace").strip()
-            finally:
-                os.close(fd)
-            raise OutputLockedError(f"output folder {out} is in use: {describe_holder(owner)}") from None
+        _flock_or_refuse(fd, fcntl.LOCK_SH, out)
         self._fd = fd
 
     def release(self) -> None:
@@ -137,3 +123,16 @@ class OutputLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def _flock_or_refuse(fd: int, mode: int, out: Path) -> None:
+    """``flock(fd, mode)`` without waiting; when another process holds the lock, close ``fd`` and raise
+    :class:`OutputLockedError` naming the holder recorded in the lock file."""
+    try:
+        fcntl.flock(fd, mode | fcntl.LOCK_NB)
+    except BlockingIOError:
+        try:
+            owner = os.read(fd, 200).decode(errors="replace").strip()
+        finally:
+            os.close(fd)
+        raise OutputLockedError(f"output folder {out} is in use: {describe_holder(owner)}") from None

@@ -345,12 +345,7 @@ class CocoJsonWriter:
 
         ``image_fields`` are extra keys of the image entry (video frames: ``{"video": ..., "frame_index": ...}``).
         """
-        if self._closed:
-            raise RuntimeError(f"CocoJsonWriter for {self.path} is closed; open a new writer")
-        if file_name in self._file_names:
-            raise ValueError(f"image {file_name!r} was already added to {self.path}; file names must be unique")
-        image_id = self.num_images + 1
-        entry = coco_image_entry(image_id, file_name, image_hw)
+        image_id, entry = self._next_image(file_name, image_hw)
         if image_fields:
             entry.update(image_fields)
         anns = instances_to_coco_annotations(
@@ -380,15 +375,19 @@ class CocoJsonWriter:
         self.num_annotations += len(anns)
         return image_id
 
-    def add_fragment(self, file_name: str, image_hw: tuple[int, int], fragment: str) -> int:
-        """As :meth:`add_image`, with the annotations given as :func:`coco_fragment` made them (byte-identical
-        output, no polygon touched). Returns the image id."""
+    def _next_image(self, file_name: str, image_hw: tuple[int, int]) -> tuple[int, dict]:
+        """The id and COCO entry of the next image, after checking the writer is open and the name is new."""
         if self._closed:
             raise RuntimeError(f"CocoJsonWriter for {self.path} is closed; open a new writer")
         if file_name in self._file_names:
             raise ValueError(f"image {file_name!r} was already added to {self.path}; file names must be unique")
         image_id = self.num_images + 1
-        entry = coco_image_entry(image_id, file_name, image_hw)
+        return image_id, coco_image_entry(image_id, file_name, image_hw)
+
+    def add_fragment(self, file_name: str, image_hw: tuple[int, int], fragment: str) -> int:
+        """As :meth:`add_image`, with the annotations given as :func:`coco_fragment` made them (byte-identical
+        output, no polygon touched). Returns the image id."""
+        image_id, entry = self._next_image(file_name, image_hw)
         lines = [line for line in fragment.split("\n") if line]  # not splitlines: U+2028 may sit in a string
         head = len(_CATEGORY_PREFIX)
         unknown = sorted({c - 1 for c in (int(line[head : line.index(",", head)]) for line in lines) if c not in self._category_ids})
